@@ -1,0 +1,232 @@
+"""Configuration schemas: one frozen dataclass per section, defaults in one place.
+
+Each field has its default beside it and an attribute docstring under it; the same declaration
+validates user YAML (:func:`from_dict`), prints templates (:func:`template`) and documents options.
+Numbers with a unit carry the unit in their name (``cutoff_A``, ``timestep_fs``).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+T = typing.TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a shallow ensemble with the built-in power-spectrum backbone."""
+
+    cutoff_A: float = 5.0
+    """Radial cutoff of the atomic environments, Å."""
+    n_radial: int = 8
+    """Number of radial basis functions (Gaussians times a cosine cutoff)."""
+    l_max: int = 3
+    """Highest angular momentum of the spherical harmonics (0 to 3)."""
+    n_channels: int = 8
+    """Learnable radial channels per angular momentum in the species-mixed density."""
+    hidden: tuple[int, ...] = (128, 128)
+    """Widths of the atom-wise MLP after the power spectrum; its output width is F."""
+    bottleneck: int | None = 16
+    """Width d of the last-layer features feeding the heads; null feeds the F backbone features."""
+    n_members: int = 8
+    """Number of ensemble members M (heads); at least 2 for an uncertainty."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Floating-point precision of parameters and computations."""
+
+    def __post_init__(self):
+        if not 0 <= self.l_max <= 3:
+            raise ConfigError("model.l_max", f"expected 0 to 3, got {self.l_max}")
+        if self.n_members < 1:
+            raise ConfigError("model.n_members", f"expected >= 1, got {self.n_members}")
+        if self.cutoff_A <= 0:
+            raise ConfigError("model.cutoff_A", f"expected > 0, got {self.cutoff_A}")
+        if self.bottleneck is not None and self.bottleneck < 1:
+            raise ConfigError("model.bottleneck", f"expected >= 1 or null, got {self.bottleneck}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Generic loading, validation and templates
+# ------------------------------------------------------------------------------------------------
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal right under each field)."""
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp, path: str):
+    """Check ``value`` against the annotation ``tp`` and convert it; raise naming ``path``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {value!r}")
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(path, f"expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(path, f"expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict, path: str = "") -> T:
+    """Build the dataclass ``cls`` from ``data``; unknown keys and wrong types name their path."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(dotted, f"unknown option{hint}")
+        kwargs[key] = _convert(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(path or cls.__name__, str(err)) from err
+
+
+def to_dict(obj) -> dict:
+    """Plain-Python (YAML-safe) dictionary of a config dataclass."""
+
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(obj)
+
+
+def template(cls, indent: int = 0) -> str:
+    """Commented YAML of every option of ``cls`` with its default, made from the dataclass."""
+    docs = field_docs(cls)
+    pad = " " * indent
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in docs:
+            lines.append(f"{pad}# {docs[f.name]}")
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else f.default_factory()  # type: ignore[misc]
+            if f.default_factory is not dataclasses.MISSING
+            else None
+        )
+        if dataclasses.is_dataclass(hints[f.name]) or dataclasses.is_dataclass(default):
+            lines.append(f"{pad}{f.name}:")
+            lines.append(template(type(default) if default is not None else hints[f.name],
+                                  indent + 2))
+        else:
+            dumped = yaml.safe_dump(to_dict(default) if dataclasses.is_dataclass(default)
+                                    else (list(default) if isinstance(default, tuple) else default),
+                                    default_flow_style=True).strip()
+            dumped = dumped.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"{pad}{f.name}: {dumped}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(text, "expected KEY.PATH=VALUE")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_yaml(path: str | Path, overrides: typing.Sequence[str] = ()) -> dict:
+    """Read a YAML mapping and apply ``--set a.b=c`` overrides; errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(str(path), "no such file") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), f"not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), f"expected a mapping at the top level, got {type(data).__name__}")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(text, f"'{k}' is not a section")
+        node[keys[-1]] = value
+    return data

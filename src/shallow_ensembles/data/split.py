@@ -1,0 +1,58 @@
+"""Reproducible train/validation/test splits saved as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Frame indices of each subset, and how they were drawn."""
+
+    train: tuple[int, ...]
+    validation: tuple[int, ...]
+    test: tuple[int, ...]
+    seed: int
+    n_frames: int
+
+
+def make_split(n_frames: int, n_train: int, n_validation: int, n_test: int | None = None,
+               seed: int = 0) -> Split:
+    """Draw disjoint subsets from a permutation seeded by ``seed``.
+
+    ``n_test=None`` puts every remaining frame into the test set.
+    """
+    n_test = n_frames - n_train - n_validation if n_test is None else n_test
+    if min(n_train, n_validation, n_test) < 0 or n_train + n_validation + n_test > n_frames:
+        raise DataError(
+            f"cannot split {n_frames} frames into {n_train} train, {n_validation} validation "
+            f"and {n_test} test frames"
+        )
+    perm = np.random.default_rng(seed).permutation(n_frames).tolist()
+    a, b = n_train, n_train + n_validation
+    return Split(tuple(sorted(perm[:a])), tuple(sorted(perm[a:b])),
+                 tuple(sorted(perm[b:b + n_test])), seed, n_frames)
+
+
+def save_split(split: Split, path: str | Path) -> None:
+    """Write ``split`` as JSON."""
+    Path(path).write_text(json.dumps(asdict(split), indent=1))
+
+
+def load_split(path: str | Path, n_frames: int | None = None) -> Split:
+    """Read a split written by :func:`save_split`; check it fits ``n_frames`` frames."""
+    try:
+        data = json.loads(Path(path).read_text())
+        split = Split(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    except (OSError, ValueError, TypeError) as err:
+        raise DataError(f"not a split file ({err})", file=path) from err
+    if n_frames is not None and split.n_frames != n_frames:
+        raise DataError(f"split made for {split.n_frames} frames, the data has {n_frames}",
+                        file=path)
+    return split

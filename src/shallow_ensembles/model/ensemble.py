@@ -1,0 +1,279 @@
+"""The shallow ensemble: one backbone, M linear heads, and everything derived from them.
+
+Contract (``forward``): member atomic energies ``(N, M)`` in eV. Everything else is derived:
+
+==========================  =========  =======  =============================================
+``predict`` key             shape      unit     meaning
+==========================  =========  =======  =============================================
+``energy_ensemble``         (S, M)     eV       member total energies E_m
+``energy``                  (S,)       eV       mean Ē
+``energy_uncertainty``      (S,)       eV       σ_E, standard deviation over members, ddof=1
+``energies``                (N,)       eV       mean per-atom energies
+``forces``                  (N, 3)     eV/Å     −∂Ē/∂R (one backward pass)
+``stress``                  (S, 6)     eV/Å³    (1/V) ∂Ē/∂ε, Voigt xx yy zz yz xz xy
+``forces_ensemble``         (M, N, 3)  eV/Å     −∂E_m/∂R
+``stress_ensemble``         (M, S, 6)  eV/Å³    member stresses
+==========================  =========  =======  =============================================
+
+Member atomic energies are e_im = s_Z (w_m·g_i + b_m) + μ_Z with g_i the last-layer features
+(backbone features through an optional bottleneck of width d), s_Z a learnable per-species
+scale and μ_Z the per-species composition baseline. Because the head is linear,
+E_m = w_m·G + const with G = Σ_i s_Z g_i, so the member forces need the Jacobian of G (d rows),
+not one backward pass per member (method notes, "Model").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..conventions import DDOF
+from ..data.batch import Batch
+from .backbone import PowerSpectrumBackbone
+
+VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])
+
+
+class ShallowEnsemble(nn.Module):
+    """A backbone with M linear heads (members); see the module docstring for the outputs.
+
+    Parameters
+    ----------
+    backbone : any :class:`~shallow_ensembles.model.backbone.Backbone`
+    n_members : M
+    bottleneck : d, width of an atom-wise ``Linear(F, d) + SiLU`` before the heads; ``None``
+        feeds the backbone features directly (d = F)
+    hyperparameters : the ``ModelConfig`` dictionary, kept for the model file
+    """
+
+    def __init__(self, backbone, n_members: int, bottleneck: int | None = None,
+                 hyperparameters: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.species = list(backbone.species)
+        self.cutoff = float(backbone.cutoff)
+        self.n_members = int(n_members)
+        self.hyperparameters = dict(hyperparameters or {})
+        width = backbone.n_features
+        if bottleneck is None:
+            self.bottleneck = nn.Identity()
+        else:
+            self.bottleneck = nn.Sequential(nn.Linear(width, bottleneck), nn.SiLU())
+            width = bottleneck
+        self.n_last = width
+        self.head = nn.Linear(width, n_members)
+        n_species = len(self.species)
+        self.scale = nn.Parameter(torch.ones(n_species))
+        self.register_buffer("composition", torch.zeros(n_species))
+        self.register_buffer("alpha_energy", torch.tensor(1.0))
+        self.register_buffer("alpha_forces", torch.tensor(1.0))
+        lookup = torch.full((max(self.species) + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(self.species)] = torch.arange(n_species)
+        self.register_buffer("species_index", lookup, persistent=False)
+
+    @classmethod
+    def from_config(cls, config, species) -> ShallowEnsemble:
+        """Build from a :class:`~shallow_ensembles.config.ModelConfig` and the element list."""
+        from ..config import to_dict
+
+        backbone = PowerSpectrumBackbone(
+            sorted(int(z) for z in species), config.cutoff_A, config.n_radial, config.l_max,
+            config.n_channels, config.hidden,
+        )
+        model = cls(backbone, config.n_members, config.bottleneck, to_dict(config))
+        return model.to(getattr(torch, config.dtype))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the parameters."""
+        return self.head.weight.dtype
+
+    # --- contract ------------------------------------------------------------------------------
+    def last_layer_features(self, batch: Batch, edge_vectors=None) -> torch.Tensor:
+        """g_i, (N, d): the features the heads act on."""
+        edge_vectors = batch.edge_vectors() if edge_vectors is None else edge_vectors
+        return self.bottleneck(self.backbone(batch, edge_vectors))
+
+    def heads(self, features: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """Member atomic energies (N, M), eV, from last-layer features (N, d)."""
+        z = self.species_index[numbers]
+        return self.scale[z, None] * self.head(features) + self.composition[z, None]
+
+    def forward(self, batch: Batch, edge_vectors=None) -> torch.Tensor:
+        """Member atomic energies e_im, (N, M), eV."""
+        return self.heads(self.last_layer_features(batch, edge_vectors), batch.numbers)
+
+    # --- derived outputs ---------------------------------------------------------------------------
+    def predict(self, batch: Batch, *, forces: bool = True, stress: bool = False,
+                member_forces: bool = False, create_graph: bool = False,
+                method: str = "auto", calibrated: bool = False) -> dict[str, torch.Tensor]:
+        """Energies, σ and, on request, mean and member forces and stresses (module table).
+
+        ``stress`` is computed for structures that are periodic in all three directions (others
+        get NaN). ``method`` chooses the member-force route: ``"explicit"`` (parameter-free
+        density derivatives contracted with min(M, d) cheap atom-wise cotangents; built-in
+        backbone only), ``"jacobian"`` (d backward passes of G), ``"loop"`` (M backward
+        passes), ``"auto"`` (the cheapest available). ``calibrated`` rescales members about
+        the mean with the stored α_E, α_F.
+        """
+        with torch.enable_grad():
+            out = self._predict(batch, forces, stress, member_forces, create_graph, method)
+        if calibrated:
+            out = apply_calibration(out, float(self.alpha_energy), float(self.alpha_forces))
+        return out
+
+    def _predict(self, batch, forces, stress, member_forces, create_graph, method):
+        positions = batch.positions
+        strain = None
+        if forces or stress:
+            positions = positions.detach().requires_grad_(True)
+        cell = batch.cell
+        if stress:
+            strain = torch.zeros_like(batch.cell).requires_grad_(True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            positions = positions + torch.einsum("nk,nkl->nl", positions, sym[batch.structure])
+            cell = cell + torch.bmm(cell, sym)
+        edges = batch.edge_vectors(positions, cell)
+        atom_energies = self.forward(batch, edges)
+        out = summarize_energies(atom_energies, batch)
+        if forces or stress:
+            inputs = [positions] if strain is None else [positions, strain]
+            grads = torch.autograd.grad(out["energy"].sum(), inputs, create_graph=create_graph,
+                                        retain_graph=create_graph or member_forces)
+            if forces:
+                out["forces"] = -grads[0]
+            if stress:
+                out["stress"] = _stress_from_virial(grads[1], batch)
+        if member_forces:
+            out.update(self.member_forces(batch, stress=stress, create_graph=create_graph,
+                                          method=method))
+        return out
+
+    def member_forces(self, batch: Batch, *, stress: bool = False, create_graph: bool = False,
+                      method: str = "auto") -> dict[str, torch.Tensor]:
+        """Member forces (M, N, 3) eV/Å and, with ``stress``, member stresses (M, S, 6) eV/Å³."""
+        if method == "auto":
+            method = "explicit" if isinstance(self.backbone, PowerSpectrumBackbone) else (
+                "jacobian" if self.n_last < self.n_members else "loop")
+        if method == "explicit":
+            return self._member_forces_explicit(batch, stress, create_graph)
+        if method not in ("jacobian", "loop"):
+            raise ValueError(f"method must be auto, explicit, jacobian or loop, got {method!r}")
+        return self._member_forces_autograd(batch, stress, create_graph, method == "jacobian")
+
+    def _structure_sums(self, features: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """G = Σ_i s_Z g_i per structure, (S, d)."""
+        scaled = self.scale[self.species_index[batch.numbers], None] * features
+        return scaled.new_zeros(batch.n_structures, scaled.shape[1]).index_add(
+            0, batch.structure, scaled)
+
+    def _rows(self, features: torch.Tensor, batch: Batch):
+        """Scalar outputs whose gradients give the member forces, and the matrix mapping them.
+
+        Returns (rows, mix): rows (K, S) with K = min(M, d); member derivative = mixᵀ · row
+        derivative, mix (K, M). With K = d the rows are G's components and mix = Wᵀ.
+        """
+        structure_sums = self._structure_sums(features, batch)  # (S, d)
+        if self.n_last < self.n_members:
+            return structure_sums.T, self.head.weight.T
+        energies = structure_sums @ self.head.weight.T  # (S, M), constants dropped
+        return energies.T, None
+
+    def _member_forces_autograd(self, batch, stress, create_graph, jacobian):
+        positions = batch.positions.detach().requires_grad_(True)
+        cell, strain = batch.cell, None
+        if stress:
+            strain = torch.zeros_like(cell).requires_grad_(True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            positions = positions + torch.einsum("nk,nkl->nl", positions, sym[batch.structure])
+            cell = cell + torch.bmm(cell, sym)
+        features = self.last_layer_features(batch, batch.edge_vectors(positions, cell))
+        if jacobian:
+            rows, mix = self._rows(features, batch)
+        else:
+            rows = (self._structure_sums(features, batch) @ self.head.weight.T).T
+            mix = None
+        inputs = [positions] if strain is None else [positions, strain]
+        grads = [torch.autograd.grad(row.sum(), inputs, retain_graph=True,
+                                     create_graph=create_graph) for row in rows]
+        d_pos = torch.stack([g[0] for g in grads])  # (K, N, 3)
+        out = {"forces_ensemble": -_mix(d_pos, mix)}
+        if stress:
+            virial = torch.stack([g[1] for g in grads])  # (K, S, 3, 3)
+            out["stress_ensemble"] = _stress_from_virial(_mix(virial, mix), batch)
+        return out
+
+    def _member_forces_explicit(self, batch, stress, create_graph):
+        backbone = self.backbone
+        edges = batch.edge_vectors().detach()
+        density = backbone.density(batch, edges).detach().requires_grad_(True)
+        features = self.bottleneck(backbone.readout(density, batch.numbers))
+        rows, mix = self._rows(features, batch)
+        cotangents = torch.stack([
+            torch.autograd.grad(row.sum(), density, retain_graph=True, create_graph=create_graph)[0]
+            for row in rows
+        ])  # (K, N, Z, B, Y)
+        n_rows = cotangents.shape[0]
+        scale = backbone.density_scale[..., backbone.l_of_y]  # (Z, B, Y)
+        cotangents = (cotangents * scale).flatten(1, 2)  # (K, N·Z, B, Y)
+        d_edges = backbone.pair_gradients(batch, edges, cotangents)  # (K, P, 3)
+        n_atoms = batch.numbers.shape[0]
+        d_pos = d_edges.new_zeros(n_rows, n_atoms, 3)
+        d_pos = d_pos.index_add(1, batch.j, d_edges).index_add(1, batch.i, -d_edges)
+        out = {"forces_ensemble": -_mix(d_pos, mix)}
+        if stress:
+            per_edge = torch.einsum("kpa,pb->kpab", d_edges, edges)
+            virial = per_edge.new_zeros(n_rows, batch.n_structures, 3, 3).index_add(
+                1, batch.edge_structure, per_edge)
+            virial = 0.5 * (virial + virial.transpose(-1, -2))
+            out["stress_ensemble"] = _stress_from_virial(_mix(virial, mix), batch)
+        return out
+
+
+def _mix(rows: torch.Tensor, mix: torch.Tensor | None) -> torch.Tensor:
+    """Member derivatives (M, ...) from row derivatives (K, ...) and mix (K, M)."""
+    if mix is None:
+        return rows
+    return torch.einsum("km,k...->m...", mix, rows)
+
+
+def _stress_from_virial(d_strain: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Voigt stress (..., S, 6) = ∂E/∂ε / V; NaN for structures not periodic in 3-D."""
+    volume = torch.linalg.det(batch.cell).abs()
+    periodic = batch.pbc.all(dim=1)
+    stress = d_strain[..., VOIGT[0], VOIGT[1]] / torch.where(periodic, volume, 1.0)[:, None]
+    return torch.where(periodic[:, None], stress, torch.full_like(stress, float("nan")))
+
+
+def summarize_energies(atom_energies: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    """Member totals (S, M), mean (S,), σ (S,) with ddof=1 and mean per-atom energies (N,)."""
+    totals = atom_energies.new_zeros(batch.n_structures, atom_energies.shape[1]).index_add(
+        0, batch.structure, atom_energies)
+    n_members = atom_energies.shape[1]
+    std = totals.std(dim=1, correction=DDOF) if n_members > DDOF else torch.zeros_like(totals[:, 0])
+    return {
+        "energy_ensemble": totals,
+        "energy": totals.mean(dim=1),
+        "energy_uncertainty": std,
+        "energies": atom_energies.mean(dim=1),
+    }
+
+
+def apply_calibration(out: dict[str, torch.Tensor], alpha_energy: float,
+                      alpha_forces: float) -> dict[str, torch.Tensor]:
+    """Rescale members about their mean: X_m → X̄ + α (X_m − X̄); σ → α σ.
+
+    Energies use α_E; forces and stresses (derivatives of the energy) use α_F.
+    """
+    out = dict(out)
+    if "energy_ensemble" in out:
+        ens = out["energy_ensemble"]
+        mean = ens.mean(dim=1, keepdim=True)
+        out["energy_ensemble"] = mean + alpha_energy * (ens - mean)
+        out["energy_uncertainty"] = alpha_energy * out["energy_uncertainty"]
+    for key in ("forces_ensemble", "stress_ensemble"):
+        if key in out:
+            ens = out[key]
+            mean = ens.mean(dim=0, keepdim=True)
+            out[key] = mean + alpha_forces * (ens - mean)
+    return out

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny seeded float64 models and the shipped data subsets."""
+
+from pathlib import Path
+
+import ase.io
+import pytest
+import torch
+
+from shallow_ensembles.config import ModelConfig
+from shallow_ensembles.data import Batch
+from shallow_ensembles.model import ShallowEnsemble
+
+ROOT = Path(__file__).resolve().parents[1]
+ETHANOL = ROOT / "tests" / "data" / "ethanol_60.extxyz"
+WATER = ROOT / "examples" / "data" / "water_64H2O_60frames.extxyz"
+SHIPPED_MODEL = ROOT / "models" / "water_two_step.pt"
+
+torch.set_num_threads(1)
+
+
+def tiny_model(species=(1, 6, 8), n_members=4, bottleneck=3, cutoff=4.0, seed=0,
+               frames=None) -> ShallowEnsemble:
+    """A small random float64 model whose heads differ visibly."""
+    torch.manual_seed(seed)
+    config = ModelConfig(cutoff_A=cutoff, n_radial=4, l_max=3, n_channels=3, hidden=(12, 10),
+                         bottleneck=bottleneck, n_members=n_members, dtype="float64")
+    model = ShallowEnsemble.from_config(config, species)
+    if frames is not None:
+        model.backbone.fit_density_scale(Batch.from_atoms(frames, model.cutoff))
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 1.0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def ethanol_frames():
+    return ase.io.read(ETHANOL, ":")
+
+
+@pytest.fixture(scope="session")
+def water_frames():
+    return ase.io.read(WATER, ":")
+
+
+@pytest.fixture()
+def model(ethanol_frames):
+    return tiny_model(frames=ethanol_frames[:5])
