@@ -164,7 +164,6 @@ def attach_uncertainty(atoms: Atoms, forces: bool = True) -> Atoms:
         calc.get_property(K.FORCES_UNCERTAINTY, atoms)
     res = calc.results
     n = len(atoms)
-    atoms.info[K.ENERGY] = res[K.ENERGY]
     atoms.info[K.ENERGY_UNCERTAINTY] = res[K.ENERGY_UNCERTAINTY]
     atoms.info[K.ENERGY_UNCERTAINTY_PER_ATOM] = res[K.ENERGY_UNCERTAINTY] / n
     atoms.info[K.ENERGY_ENSEMBLE] = np.asarray(res[K.ENERGY_ENSEMBLE])
