@@ -55,6 +55,193 @@ class ModelConfig:
             raise ConfigError("model.bottleneck", f"expected >= 1 or null, got {self.bottleneck}")
 
 
+STAGE_KINDS = ("mse", "energy-nll", "force-nll", "member-mse", "llpr", "isotropic", "subsample",
+               "random-heads")
+TRAINED_STAGES = ("mse", "energy-nll", "force-nll", "member-mse")
+PROTOCOLS = {
+    "mse": ("mse",),
+    "energy-nll": ("energy-nll",),
+    "force-nll-scratch": ("force-nll",),
+    "llpr": ("mse", "llpr"),
+    "random-heads": ("random-heads", "member-mse"),
+    "subsample": ("mse", "subsample"),
+    "two-step-llpr": ("mse", "llpr", "force-nll"),
+    "two-step-energy-nll": ("energy-nll", "force-nll"),
+}
+"""Named protocols as their stage kinds (the fine-tune of a two-step protocol is its last)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is split."""
+
+    train_file: str = ""
+    """ASE-readable file with the training frames (and the validation/test frames if no
+    separate files are given)."""
+    validation_file: str | None = None
+    """Separate validation file; null splits ``train_file``."""
+    test_file: str | None = None
+    """Separate test file; null splits ``train_file`` (the remainder)."""
+    n_train: int | None = None
+    """Frames for training when splitting; null: 80 % of the frames."""
+    n_validation: int | None = None
+    """Frames for validation when splitting; null: 10 % of the frames (at least 1)."""
+    n_test: int | None = None
+    """Frames for testing when splitting; null: the rest."""
+    split_seed: int = 0
+    """Seed of the random split (saved to ``split.json`` in the run folder)."""
+    split_file: str | None = None
+    """Reuse a saved split (JSON written by a previous run)."""
+    energy_key: str | None = None
+    """Energy label key; null: the calculator results, then ``info['energy']``."""
+    forces_key: str | None = None
+    """Forces label key; null: the calculator results, then ``arrays['forces']``."""
+    stress_key: str | None = None
+    """Stress label key (eV/Å³); null: the calculator results if present."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Weights and options of the loss terms."""
+
+    energy_weight: float = 1.0
+    """Weight of the energy term."""
+    forces_weight: float = 1.0
+    """Weight of the force term."""
+    stress_weight: float = 0.0
+    """Weight of the stress MSE term (structures with a stress label)."""
+    atom_exponent: float = 1.0
+    """a in the per-structure weight N_atoms^(−a) of energy terms."""
+    variance_floor: float = 1e-6
+    """Floor of every NLL variance, eV² or (eV/Å)²."""
+    force_nll: Literal["component", "isotropic", "full"] = "component"
+    """Force NLL per Cartesian component, per atom isotropic, or per atom full 3×3."""
+    force_jitter: float = 1e-6
+    """Jitter added to the 3×3 member covariance of the ``full`` force NLL, (eV/Å)²."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One stage of a protocol: a training stage or a head initialisation."""
+
+    kind: Literal["mse", "energy-nll", "force-nll", "member-mse", "llpr", "isotropic",
+                  "subsample", "random-heads"] = "mse"
+    """mse: MSE on the ensemble mean; energy-nll: energy NLL + mean-force MSE; force-nll:
+    energy NLL + force NLL (member forces); member-mse: every member's energy MSE + mean-force
+    MSE; llpr / isotropic / subsample / random-heads: head initialisations (no training)."""
+    epochs: int = 100
+    """Maximum epochs of a training stage."""
+    max_minutes: float | None = None
+    """Wall-time budget of a training stage, minutes; null: no limit."""
+    learning_rate: float | None = None
+    """Learning rate of this stage; null: ``training.learning_rate``."""
+    trainable: Literal["all", "heads"] = "all"
+    """Train all parameters or only the heads (and per-species scales)."""
+    regularizer: float | None = None
+    """llpr: fixed ς; null: chosen on validation."""
+    force_rows: bool = False
+    """llpr: add force rows to the last-layer covariance."""
+    noise: float = 0.01
+    """isotropic: noise scale s of the head weights."""
+    ridge: float = 1e-6
+    """subsample: relative ridge parameter."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Optimiser, schedule and run control shared by the training stages."""
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """Optimiser."""
+    learning_rate: float = 2e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """Weight decay (decoupled with adamw)."""
+    batch_size: int = 4
+    """Structures per optimisation step (per process under torchrun)."""
+    scheduler: Literal["cosine", "plateau", "constant"] = "cosine"
+    """Warm-up then cosine decay over the stage, reduce-on-plateau, or constant."""
+    warmup_epochs: int = 2
+    """Linear warm-up epochs (cosine schedule)."""
+    min_lr_ratio: float = 0.02
+    """Final learning rate of the cosine schedule as a fraction of the peak."""
+    grad_clip: float | None = 10.0
+    """Clip the gradient norm; null: no clipping."""
+    patience: int | None = 30
+    """Stop a stage after this many epochs without validation improvement; null: never."""
+    seed: int = 0
+    """Seed of initialisation, shuffling and head sampling."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto uses CUDA when present."""
+    threads: int | None = None
+    """torch threads per process; null: torch's default."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training job: data, model, protocol (named or as stages), loss and optimiser."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """The data."""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """The architecture."""
+    protocol: Literal["mse", "energy-nll", "force-nll-scratch", "llpr", "random-heads",
+                      "subsample", "two-step-llpr", "two-step-energy-nll", "custom"] = \
+        "two-step-llpr"
+    """A named protocol, or custom to use ``stages``."""
+    stages: tuple[StageConfig, ...] = ()
+    """Stages of a custom protocol; with a named protocol, per-stage overrides in order
+    (empty: the defaults)."""
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    """Loss weights."""
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    """Optimiser and run control."""
+    output_dir: str = "runs/train"
+    """Folder of the run: checkpoint, log, split, model, plots."""
+    calibrate: bool = True
+    """Refit α_E and α_F on validation at the end."""
+
+    def __post_init__(self):
+        if self.protocol == "custom" and not self.stages:
+            raise ConfigError("stages", "protocol: custom needs at least one stage")
+        if self.protocol != "custom" and self.stages and \
+                len(self.stages) != len(PROTOCOLS[self.protocol]):
+            raise ConfigError("stages", f"protocol {self.protocol} has "
+                              f"{len(PROTOCOLS[self.protocol])} stages "
+                              f"{list(PROTOCOLS[self.protocol])}; got {len(self.stages)} overrides")
+        for k, stage in enumerate(self.resolved_stages()):
+            if stage.kind in ("energy-nll", "force-nll", "llpr", "isotropic", "subsample",
+                              "random-heads", "member-mse") and self.model.n_members < 2:
+                raise ConfigError(f"stages[{k}].kind",
+                                  f"{stage.kind} needs model.n_members >= 2")
+        if not self.data.train_file:
+            raise ConfigError("data.train_file", "required")
+
+    def resolved_stages(self) -> tuple[StageConfig, ...]:
+        """The stages to run, with protocol defaults filled in."""
+        if self.protocol == "custom":
+            return self.stages
+        kinds = PROTOCOLS[self.protocol]
+        if self.stages:
+            for k, (kind, stage) in enumerate(zip(kinds, self.stages, strict=True)):
+                if stage.kind != kind:
+                    raise ConfigError(f"stages[{k}].kind",
+                                      f"protocol {self.protocol} expects '{kind}' here")
+            return self.stages
+        fine_tune = self.protocol.startswith("two-step")
+        stages = []
+        for k, kind in enumerate(kinds):
+            last = k == len(kinds) - 1
+            if fine_tune and last:  # the short fine-tune of a two-step protocol
+                stages.append(StageConfig(kind=kind, epochs=20,
+                                          learning_rate=self.training.learning_rate / 4))
+            else:
+                stages.append(StageConfig(kind=kind))
+        return tuple(stages)
+
+
 # ------------------------------------------------------------------------------------------------
 # Generic loading, validation and templates
 # ------------------------------------------------------------------------------------------------

@@ -204,11 +204,29 @@ class ShallowEnsemble(nn.Module):
         return out
 
     def _member_forces_explicit(self, batch, stress, create_graph):
+        d_pos, virial, mix = self.explicit_row_gradients(
+            batch, lambda feats: self._rows(feats, batch), stress, create_graph)
+        out = {"forces_ensemble": -_mix(d_pos, mix)}
+        if stress:
+            out["stress_ensemble"] = _stress_from_virial(_mix(virial, mix), batch)
+        return out
+
+    def explicit_row_gradients(self, batch: Batch, rows_fn, stress: bool = False,
+                               create_graph: bool = False):
+        """Gradients of K scalars per structure with respect to positions (and strain).
+
+        ``rows_fn(features (N, d)) -> (rows (K, S), mix)``. The K cotangents on the
+        parameter-free density cost K atom-wise backward passes; the pair part is one
+        contraction (:meth:`PowerSpectrumBackbone.pair_gradients`).
+
+        Returns
+        -------
+        d_pos : (K, N, 3), ∂row/∂R; virial : (K, S, 3, 3) ∂row/∂ε or None; mix
+        """
         backbone = self.backbone
         edges = batch.edge_vectors().detach()
         density = backbone.density(batch, edges).detach().requires_grad_(True)
-        features = self.bottleneck(backbone.readout(density, batch.numbers))
-        rows, mix = self._rows(features, batch)
+        rows, mix = rows_fn(self.bottleneck(backbone.readout(density, batch.numbers)))
         cotangents = torch.stack([
             torch.autograd.grad(row.sum(), density, retain_graph=True, create_graph=create_graph)[0]
             for row in rows
@@ -220,14 +238,28 @@ class ShallowEnsemble(nn.Module):
         n_atoms = batch.numbers.shape[0]
         d_pos = d_edges.new_zeros(n_rows, n_atoms, 3)
         d_pos = d_pos.index_add(1, batch.j, d_edges).index_add(1, batch.i, -d_edges)
-        out = {"forces_ensemble": -_mix(d_pos, mix)}
+        virial = None
         if stress:
             per_edge = torch.einsum("kpa,pb->kpab", d_edges, edges)
             virial = per_edge.new_zeros(n_rows, batch.n_structures, 3, 3).index_add(
                 1, batch.edge_structure, per_edge)
             virial = 0.5 * (virial + virial.transpose(-1, -2))
-            out["stress_ensemble"] = _stress_from_virial(_mix(virial, mix), batch)
-        return out
+        return d_pos, virial, mix
+
+    def structure_features(self, batch: Batch) -> torch.Tensor:
+        """x_k = [G_k, Σ_i s_Z] / N_k, (S, d+1): the linear model E_m/N = θ_m·x + Σμ/N.
+
+        θ_m = [w_m, b_m]. Used by last-layer (LLPR) and subsampling initialisation.
+        """
+        features = self.last_layer_features(batch)
+        sums = self._structure_sums(features, batch)
+        ones = self._structure_sums(torch.ones_like(features[:, :1]), batch)
+        return torch.cat([sums, ones], dim=1) / batch.n_atoms[:, None].to(sums.dtype)
+
+    def baseline_energy(self, batch: Batch) -> torch.Tensor:
+        """Σ_i μ_Z per structure, (S,) eV."""
+        mu = self.composition[self.species_index[batch.numbers]]
+        return mu.new_zeros(batch.n_structures).index_add(0, batch.structure, mu)
 
 
 def _mix(rows: torch.Tensor, mix: torch.Tensor | None) -> torch.Tensor:

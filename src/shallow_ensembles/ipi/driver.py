@@ -1,0 +1,424 @@
+"""i-PI driver serving a shallow ensemble as one client of ``<ffcommittee>``.
+
+Three ways to run it (the atomic numbers come from a template structure, e.g. i-PI's init file):
+
+- ``shallow-ensembles ipi-driver --model M --structure S (--unix NAME | --address H --port P)``
+- i-PI's own launcher: ``i-pi-py_driver -u -a NAME -m custom -P <this file>
+  -o model=M,template=S[,forces_lo_eV_per_A=0.2,candidates=cand.extxyz]``
+  (``python -c "import shallow_ensembles.ipi.driver as d; print(d.__file__)"`` prints the path)
+- in Python: ``serve(ShallowEnsembleDriver(model=M, template=S), unix="NAME")``
+
+Contract (i-PI's python-driver interface, :meth:`ShallowEnsembleDriver.compute_structure`),
+atomic units on both sides, the calibrated ensemble of
+:class:`~shallow_ensembles.ShallowEnsembleCalculator` in between:
+
+====================  =========  ========  ===================================================
+item                  shape      unit      meaning
+====================  =========  ========  ===================================================
+``cell`` (in)         (3, 3)     bohr      i-PI's h matrix, cell vectors as **columns**
+``pos`` (in)          (N, 3)     bohr      positions, ordered as the template's atoms
+energy (out)          ()         Ha        calibrated mean energy Ē
+forces (out)          (N, 3)     Ha/bohr   −∂Ē/∂R
+virial (out)          (3, 3)     Ha        −V·σ of the mean (zero for a non-periodic template)
+extras (out)          JSON str             keys below, for ``<parse_json>true</parse_json>``
+====================  =========  ========  ===================================================
+
+Extras keys (i-PI's ``<ffcommittee>`` layout; i-PI does not convert extras, so atomic units):
+``committee_pot`` (M,) Ha; ``committee_force`` (M, 3N) Ha/bohr; ``committee_virial`` (M, 9) Ha,
+member virials −V·σ_m; ``forces_uncertainty_norm`` (N,) Ha/bohr, per-atom
+‖σ(F_i)‖ = sqrt(Σ_xyz σ²) (standard deviation, ddof=1, calibrated). i-PI re-exports the last one as
+``committee_forces_uncertainty_norm``. Members are already calibrated (rescaled about the mean by
+the model's α): keep i-PI's ``<alpha>`` at 1.
+
+Candidates: with trust levels set (``energy_per_atom_lo_eV``, ``forces_lo_eV_per_A`` and the
+``_hi_`` ones, :class:`~shallow_ensembles.thresholds.TrustLevels` semantics), every evaluation
+whose level is not ``trusted`` is appended to ``candidates`` (extxyz, Å and eV, σ in
+``atoms.info``/``atoms.arrays`` as written by :func:`~shallow_ensembles.attach_uncertainty`, plus
+``trust_level`` and ``ipi_evaluation``). The driver never stops i-PI: ``failed`` frames are
+written and labelled.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.units import Bohr, Hartree
+from ipi.pes.dummy import Dummy_driver
+
+from shallow_ensembles import conventions as K
+from shallow_ensembles.calculator import ShallowEnsembleCalculator, attach_uncertainty
+from shallow_ensembles.data.io import check_elements
+from shallow_ensembles.errors import ConfigError, DataError
+from shallow_ensembles.thresholds import TRUSTED, TrustLevels
+
+__DRIVER_NAME__ = "shallow_ensembles"
+__DRIVER_CLASS__ = "ShallowEnsembleDriver"
+
+LEVEL_OPTIONS = ("energy_per_atom_lo_eV", "energy_per_atom_hi_eV",
+                 "forces_lo_eV_per_A", "forces_hi_eV_per_A")
+OPTIONS = ("model", "template", "device", "dtype", "committee", "member_forces",
+           *LEVEL_OPTIONS, "candidates", "verbose")
+"""Every keyword the driver accepts (``-o key=value`` on i-PI's launcher)."""
+
+SOCKETS_PREFIX = "/tmp/ipi_"
+"""Where i-PI binds UNIX sockets (its default; ``<ffcommittee>`` members always use it)."""
+
+
+@dataclass
+class EvaluationLog:
+    """Per-evaluation uncertainties seen by the driver (one entry per structure i-PI sent)."""
+
+    energy_uncertainty: list[float] = field(default_factory=list)
+    """σ_E of the total energy, eV (standard deviation, ddof=1, calibrated)."""
+    max_forces_uncertainty: list[float] = field(default_factory=list)
+    """max_i ‖σ(F_i)‖, eV/Å; empty without member forces."""
+    levels: dict[str, int] = field(default_factory=dict)
+    """Evaluations per trust level."""
+    n_atoms: int = 0
+
+
+class ShallowEnsembleDriver(Dummy_driver):
+    """A shallow-ensemble model as an i-PI python driver (module docstring: contract, extras).
+
+    Parameters
+    ----------
+    model : str or Path, model file written by :func:`~shallow_ensembles.save_model`
+    template : str or Path, ASE-readable structure (first frame) giving the atomic numbers, in
+        i-PI's atom order, and the periodicity; typically i-PI's init file
+    device, dtype : passed to :class:`~shallow_ensembles.ShallowEnsembleCalculator`
+    committee : send the ``committee_*`` extras; ``False`` serves the mean only (e.g. as the
+        baseline of a weighted-baseline ``<ffcommittee>``)
+    member_forces : compute and send member forces and virials (needed by force trust levels and
+        by i-PI's weighted baseline); without them i-PI uses the mean forces for every member
+    energy_per_atom_lo_eV, energy_per_atom_hi_eV : σ_E / N levels, eV/atom
+    forces_lo_eV_per_A, forces_hi_eV_per_A : max per-atom force σ levels, eV/Å
+    candidates : extxyz file receiving non-trusted frames; default ``candidates.extxyz`` when a
+        level is set
+    verbose : print one line per evaluation to stderr
+
+    Raises
+    ------
+    ModelFileError : missing or unreadable model file
+    ElementError : the template holds an element the model does not know
+    DataError : unreadable template
+    ConfigError : a missing or unknown option, or a value of the wrong type
+    """
+
+    def __init__(self, model=None, template=None, *args, device="cpu", dtype=None,
+                 committee=True, member_forces=True, energy_per_atom_lo_eV=None,
+                 energy_per_atom_hi_eV=None, forces_lo_eV_per_A=None, forces_hi_eV_per_A=None,
+                 candidates=None, verbose=False, **kwargs):
+        self.model_file, self.template_file = model, template
+        self.device, self.dtype = device, dtype
+        self.committee, self.member_forces = committee, member_forces
+        self.level_values = dict(zip(LEVEL_OPTIONS, (
+            energy_per_atom_lo_eV, energy_per_atom_hi_eV, forces_lo_eV_per_A, forces_hi_eV_per_A),
+            strict=True))
+        self.candidates = candidates
+        self.log = EvaluationLog()
+        self.n_evaluations = 0
+        self.n_candidates = 0
+        self._unknown = (args, kwargs)
+        super().__init__(verbose)
+
+    # --- validation at the boundary (called by Dummy_driver.__init__) -------------------------
+    def check_parameters(self) -> None:
+        """Validate the options, load the model and the template; fail before any socket."""
+        _reject_unknown(*self._unknown)
+        if self.model_file is None:
+            raise ConfigError("model", "the i-PI driver needs a model file (model=FILE)")
+        if self.template_file is None:
+            raise ConfigError("template", "the driver needs the atomic numbers in i-PI's order: "
+                              "pass template=FILE (-o) or --structure FILE, e.g. i-PI's init file")
+        for name in ("committee", "member_forces", "verbose"):
+            _check_type(name, getattr(self, name, False), bool, "true or false")
+        for name, value in self.level_values.items():
+            _check_number(name, value)
+        template = _read_template(self.template_file)
+        self.numbers = template.numbers.copy()
+        self.pbc = template.pbc.copy()
+        self.log.n_atoms = len(self.numbers)
+        self.levels = TrustLevels(**self.level_values)
+        wants_members = self.member_forces and self.committee
+        if self.levels.needs_forces and not wants_members:
+            raise ConfigError("forces_lo_eV_per_A", "force trust levels need member forces "
+                              "(member_forces=true, committee=true)")
+        if self.candidates is None and _any_level(self.levels):
+            self.candidates = "candidates.extxyz"
+        self.calculator = ShallowEnsembleCalculator(
+            Path(self.model_file), device=self.device, always_member_forces=wants_members,
+            dtype=self.dtype)
+        check_elements(self.numbers, self.calculator.model.species, file=self.template_file)
+
+    # --- the i-PI contract ---------------------------------------------------------------------
+    def compute_structure(self, cell: np.ndarray, pos: np.ndarray):
+        """Energy (Ha), forces (N, 3) Ha/bohr, virial (3, 3) Ha and extras JSON for one structure.
+
+        Parameters
+        ----------
+        cell : np.ndarray, shape (3, 3), bohr; i-PI's h matrix, cell vectors as columns
+        pos : np.ndarray, shape (N, 3), bohr
+        """
+        atoms = self.to_ase(cell, pos)
+        atoms.calc = self.calculator
+        atoms.get_potential_energy()
+        self._record(atoms)
+        return self.to_ipi(atoms, self.calculator.results)
+
+    def to_ase(self, cell: np.ndarray, pos: np.ndarray) -> Atoms:
+        """i-PI → ASE: bohr → Å, cell vectors from columns to rows; numbers from the template.
+
+        Parameters
+        ----------
+        cell : np.ndarray, shape (3, 3), bohr, cell vectors as columns (i-PI's h)
+        pos : np.ndarray, shape (N, 3) or (3N,), bohr
+
+        Returns
+        -------
+        Atoms with positions (N, 3) Å and cell (3, 3) Å, cell vectors as rows
+        """
+        pos = np.asarray(pos, dtype=float).reshape(-1, 3)
+        if len(pos) != len(self.numbers):
+            raise DataError(f"i-PI sent {len(pos)} atoms but the template has "
+                            f"{len(self.numbers)}", file=self.template_file)
+        return Atoms(numbers=self.numbers, positions=pos * Bohr,
+                     cell=np.asarray(cell, dtype=float).T * Bohr, pbc=self.pbc)
+
+    def to_ipi(self, atoms: Atoms, results: dict) -> tuple[float, np.ndarray, np.ndarray, str]:
+        """ASE → i-PI: eV, eV/Å, eV/Å³ results to Ha, Ha/bohr and virials in Ha, plus extras.
+
+        Parameters
+        ----------
+        atoms : the structure the results belong to (its volume gives the virial)
+        results : :class:`~shallow_ensembles.ShallowEnsembleCalculator` results, eV/Å units
+
+        Returns
+        -------
+        energy : float, Ha
+        forces : np.ndarray, shape (N, 3), Ha/bohr
+        virial : np.ndarray, shape (3, 3), Ha; −V·σ
+        extras : str, JSON with the ``committee_*`` keys of the module docstring (or "")
+        """
+        force_unit = Bohr / Hartree
+        virial = _virial(atoms, results.get(K.STRESS)) / Hartree
+        out = (float(results[K.ENERGY]) / Hartree, results[K.FORCES] * force_unit, virial)
+        if not self.committee:
+            return (*out, "")
+        extras = {"committee_pot": (results[K.ENERGY_ENSEMBLE] / Hartree).tolist()}
+        if K.FORCES_ENSEMBLE in results:
+            members = results[K.FORCES_ENSEMBLE]
+            extras["committee_force"] = (members * force_unit).reshape(len(members), -1).tolist()
+            stress = results.get(K.STRESS_ENSEMBLE, [None] * len(members))
+            extras["committee_virial"] = [(_virial(atoms, s) / Hartree).ravel().tolist()
+                                          for s in stress]
+            norm = np.sqrt((results[K.FORCES_UNCERTAINTY] ** 2).sum(axis=1))
+            extras[K.FORCES_UNCERTAINTY_NORM] = (norm * force_unit).tolist()
+        return (*out, json.dumps(extras))
+
+    # --- uncertainty bookkeeping and candidates ----------------------------------------------
+    def _record(self, atoms: Atoms) -> None:
+        results = self.calculator.results
+        sigma_energy = float(results[K.ENERGY_UNCERTAINTY])
+        sigma_forces = None
+        if K.FORCES_UNCERTAINTY in results:
+            sigma_forces = float(np.sqrt((results[K.FORCES_UNCERTAINTY] ** 2).sum(axis=1)).max())
+            self.log.max_forces_uncertainty.append(sigma_forces)
+        self.log.energy_uncertainty.append(sigma_energy)
+        level = self.levels.classify(sigma_energy / len(atoms), sigma_forces)
+        self.log.levels[level] = self.log.levels.get(level, 0) + 1
+        if level != TRUSTED:
+            self._write_candidate(atoms, level)
+        if self.verbose:
+            print(f"ipi-driver: evaluation {self.n_evaluations}: sigma_E = {sigma_energy:.6g} eV,"
+                  f" max sigma_F = {sigma_forces} eV/A, {level}", file=sys.stderr)
+        self.n_evaluations += 1
+
+    def _write_candidate(self, atoms: Atoms, level: str) -> None:
+        attach_uncertainty(atoms, forces=K.FORCES_UNCERTAINTY in self.calculator.results)
+        frame = atoms.copy()  # no calculator: predictions must not look like reference labels
+        frame.info["trust_level"] = level
+        frame.info["ipi_evaluation"] = self.n_evaluations
+        ase.io.write(self.candidates, frame, format="extxyz", append=True)
+        self.n_candidates += 1
+
+
+def _virial(atoms: Atoms, stress) -> np.ndarray:
+    """Virial −V·σ, (3, 3) eV, from a Voigt stress (6,) eV/Å³; zeros without a stress."""
+    if stress is None:
+        return np.zeros((3, 3))
+    xx, yy, zz, yz, xz, xy = stress
+    tensor = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    return -atoms.get_volume() * tensor
+
+
+def _read_template(path) -> Atoms:
+    try:
+        atoms = ase.io.read(path, index=0)
+    except FileNotFoundError as err:
+        raise DataError("no such structure file (template)", file=path) from err
+    except Exception as err:  # ASE raises many types for unreadable files
+        raise DataError(f"cannot read the structure (template) with ASE: {err}",
+                        file=path) from err
+    if len(atoms) == 0:
+        raise DataError("the template structure has no atoms", file=path)
+    return atoms
+
+
+def _any_level(levels: TrustLevels) -> bool:
+    return any(getattr(levels, name) is not None for name in LEVEL_OPTIONS)
+
+
+def _check_type(name, value, types, expected) -> None:
+    if not isinstance(value, types):
+        raise ConfigError(name, f"expected {expected}, got {value!r}")
+
+
+def _check_number(name, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError(name, f"expected a number, got {value!r}")
+
+
+def _reject_unknown(args, kwargs) -> None:
+    import difflib
+
+    if args:
+        raise ConfigError("options", f"unexpected positional values {list(args)}; give "
+                          "key=value pairs (model=FILE,template=FILE,...)")
+    for key in kwargs:
+        close = difflib.get_close_matches(key, OPTIONS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(OPTIONS)}"
+        raise ConfigError(key, f"unknown i-PI driver option{hint}")
+
+
+# --- a minimal i-PI socket client (the protocol of i-PI's python driver, one structure a time) ---
+HDRLEN = 12
+
+
+def _message(text: str) -> bytes:
+    return text.upper().ljust(HDRLEN).encode()
+
+
+STATUS, INIT, POSDATA, GETFORCE, EXIT = (
+    _message(m) for m in ("status", "init", "posdata", "getforce", "exit"))
+READY, NEEDINIT, HAVEDATA, FORCEREADY = (
+    _message(m) for m in ("ready", "needinit", "havedata", "forceready"))
+
+
+class ServerGone(ConnectionError):
+    """The i-PI server closed the connection without sending EXIT."""
+
+
+def connect(*, unix: str | None = None, address: str = "localhost", port: int | None = None,
+            sockets_prefix: str = SOCKETS_PREFIX, timeout_s: float = 60.0,
+            stop: threading.Event | None = None) -> socket.socket:
+    """Connect to an i-PI server, retrying while it starts up.
+
+    Parameters
+    ----------
+    unix : UNIX socket name (i-PI's ``<address>``); the file is ``sockets_prefix + unix``
+    address, port : INET host and port, used when ``unix`` is None
+    timeout_s : give up after this many seconds
+    stop : an event that ends the retries early
+
+    Raises
+    ------
+    ConnectionError : no server answered within ``timeout_s``
+    """
+    target = sockets_prefix + unix if unix is not None else (address, int(port))
+    family = socket.AF_UNIX if unix is not None else socket.AF_INET
+    deadline = time.monotonic() + timeout_s
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.connect(target)
+        except (FileNotFoundError, ConnectionRefusedError) as err:
+            sock.close()
+            if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+                raise ConnectionError(f"no i-PI server at {target} after {timeout_s:g} s; "
+                                      "start i-pi first") from err
+            time.sleep(0.05)
+            continue
+        if family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+def serve(driver: Dummy_driver, **connect_kwargs) -> str:
+    """Answer i-PI's requests with ``driver`` until i-PI sends EXIT or goes away.
+
+    Parameters
+    ----------
+    driver : any i-PI python driver (callable ``(cell, pos) -> (E, F, vir, extras)``)
+    **connect_kwargs : see :func:`connect`
+
+    Returns
+    -------
+    str : ``"exit"`` (i-PI ended the run) or ``"disconnected"`` (the server vanished)
+    """
+    sock = connect(**connect_kwargs)
+    try:
+        _serve_loop(sock, driver)
+    except (ServerGone, ConnectionResetError, BrokenPipeError):
+        return "disconnected"
+    finally:
+        sock.close()
+    return "exit"
+
+
+def _serve_loop(sock: socket.socket, driver) -> None:
+    initialized, result = False, None
+    while True:
+        header = _recv(sock, HDRLEN)
+        if header == STATUS:
+            state = HAVEDATA if result is not None else READY if initialized else NEEDINIT
+            sock.sendall(state)
+        elif header == INIT:
+            _recv_array(sock, np.int32, 1)
+            _recv(sock, int(_recv_array(sock, np.int32, 1)[0]))
+            initialized = True
+        elif header == POSDATA:
+            cell = _recv_array(sock, np.float64, 9).reshape(3, 3)
+            _recv_array(sock, np.float64, 9)  # inverse cell, unused
+            n_atoms = int(_recv_array(sock, np.int32, 1)[0])
+            pos = _recv_array(sock, np.float64, 3 * n_atoms).reshape(n_atoms, 3)
+            result = driver(cell, pos)
+        elif header == GETFORCE:
+            sock.sendall(FORCEREADY + _pack(result))
+            result = None
+        elif header == EXIT:
+            return
+        else:
+            raise ServerGone(f"unexpected message {header!r} from i-PI")
+
+
+def _pack(result) -> bytes:
+    energy, forces, virial, extras = result
+    forces = np.ascontiguousarray(forces, dtype=np.float64)
+    payload = extras.encode() if isinstance(extras, str) else b""
+    return b"".join((np.float64(energy).tobytes(), np.int32(forces.size // 3).tobytes(),
+                     forces.tobytes(), np.ascontiguousarray(virial, dtype=np.float64).tobytes(),
+                     np.int32(len(payload)).tobytes(), payload))
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        chunk = sock.recv_into(view[got:], size - got)
+        if chunk == 0:
+            raise ServerGone("i-PI closed the connection")
+        got += chunk
+    return bytes(buffer)
+
+
+def _recv_array(sock: socket.socket, dtype, count: int) -> np.ndarray:
+    return np.frombuffer(_recv(sock, np.dtype(dtype).itemsize * count), dtype=dtype)

@@ -1,0 +1,117 @@
+"""Accuracy and calibration metrics on residuals and predicted standard deviations (numpy).
+
+Inputs everywhere: ``residual`` r = y − μ and ``sigma`` σ (standard deviation, same unit, > 0),
+flat arrays of the same length: one entry per structure (energies) or per Cartesian component
+(forces). Method notes, "Metrics".
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+_TINY = 1e-300
+
+
+def rmse(residual) -> float:
+    """Root-mean-square of the residuals."""
+    return float(np.sqrt(np.mean(np.square(residual))))
+
+
+def mae(residual) -> float:
+    """Mean absolute residual."""
+    return float(np.mean(np.abs(residual)))
+
+
+def gaussian_nll(residual, variance) -> float:
+    """Mean Gaussian negative log-likelihood, ½ mean[log(2π v) + r²/v] (nats per sample)."""
+    r2 = np.square(residual)
+    v = np.maximum(np.asarray(variance, dtype=float), _TINY)
+    return float(np.mean(0.5 * (np.log(2 * math.pi * v) + r2 / v)))
+
+
+def rll(residual, sigma) -> float:
+    """Relative log-likelihood, %: 100 (NLL(σ²) − NLL(MSE)) / (NLL(r²) − NLL(MSE)).
+
+    100 is the oracle (σ = |r|), 0 a constant error bar equal to the RMSE, negative is worse.
+    Here NLL(v) is the mean ½[log v + r²/v]: the ratio is free of the 2π constant.
+    """
+    residual = np.asarray(residual, dtype=float)
+    mse = np.mean(np.square(residual))
+    oracle = np.maximum(np.square(residual), _TINY)
+    reference = gaussian_nll(residual, np.full_like(residual, mse))
+    best = gaussian_nll(residual, oracle)
+    return float(100 * (gaussian_nll(residual, np.square(sigma)) - reference) / (best - reference))
+
+
+def coverage(residual, sigma, k: float) -> float:
+    """Fraction of |r| ≤ k σ (a Gaussian gives 0.683 for k=1, 0.954 for k=2)."""
+    return float(np.mean(np.abs(residual) <= k * np.asarray(sigma)))
+
+
+def calibration_curve(residual, sigma, n_points: int = 99) -> tuple[np.ndarray, np.ndarray]:
+    """Expected vs observed coverage of central Gaussian intervals, two arrays (n_points,)."""
+    expected = np.linspace(0.01, 0.99, n_points)
+    z = np.abs(np.asarray(residual)) / np.maximum(np.asarray(sigma), _TINY)
+    quantiles = np.array([NormalDist().inv_cdf(0.5 + p / 2) for p in expected])
+    observed = (z[None, :] <= quantiles[:, None]).mean(axis=1)
+    return expected, observed
+
+
+def miscalibration_area(residual, sigma) -> float:
+    """Area between observed and expected coverage curves, in [0, 0.5]; 0 is calibrated."""
+    expected, observed = calibration_curve(residual, sigma)
+    return float(np.trapezoid(np.abs(observed - expected), expected)
+                 / (expected[-1] - expected[0]))
+
+
+def _ranks(x) -> np.ndarray:
+    """Ranks with ties averaged."""
+    x = np.asarray(x, dtype=float)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two arrays."""
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def ence(residual, sigma, n_bins: int = 10) -> float:
+    """Expected normalised calibration error: mean over σ-quantile bins of |RMV − RMSE| / RMV."""
+    sigma = np.asarray(sigma, dtype=float)
+    order = np.argsort(sigma)
+    bins = [b for b in np.array_split(order, min(n_bins, len(order))) if len(b)]
+    values = []
+    for b in bins:
+        rmv = np.sqrt(np.mean(np.square(sigma[b])))
+        values.append(abs(rmv - rmse(np.asarray(residual)[b])) / max(rmv, _TINY))
+    return float(np.mean(values))
+
+
+def uncertainty_metrics(residual, sigma) -> dict[str, float]:
+    """Every metric of this module, as a dictionary."""
+    residual = np.asarray(residual, dtype=float).ravel()
+    sigma = np.asarray(sigma, dtype=float).ravel()
+    return {
+        "rmse": rmse(residual),
+        "mae": mae(residual),
+        "nll": gaussian_nll(residual, np.square(sigma)),
+        "rll": rll(residual, sigma),
+        "miscalibration_area": miscalibration_area(residual, sigma),
+        "spearman": spearman(np.abs(residual), sigma),
+        "ence": ence(residual, sigma),
+        "coverage_1sigma": coverage(residual, sigma, 1.0),
+        "coverage_2sigma": coverage(residual, sigma, 2.0),
+        "mean_sigma": float(np.mean(sigma)),
+        "n": int(residual.size),
+    }

@@ -1,0 +1,70 @@
+"""Training losses on ensemble predictions (pure functions). Method notes, "Losses".
+
+Symbols: S structures, N atoms, M members. Energies eV, forces eV/Å. All NLLs drop the
+constant ½ log 2π. Variances come from the members with ddof=1 and are floored at
+``floor`` (eV² or (eV/Å)²) so that gradients stay finite when members collapse.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..conventions import DDOF
+
+
+def structure_weights(n_atoms: torch.Tensor, exponent: float) -> torch.Tensor:
+    """w_k = N_k^(−a), (S,): a = 1 makes every structure's loss per atom."""
+    return n_atoms.to(torch.get_default_dtype()).pow(-exponent)
+
+
+def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Elementwise squared error (y − μ)², same shape as the inputs."""
+    return (prediction - target).pow(2)
+
+
+def gaussian_nll(mean: torch.Tensor, variance: torch.Tensor, target: torch.Tensor,
+                 floor: float = 1e-6) -> torch.Tensor:
+    """ℓ = ½[log σ² + (y − μ)²/σ²] with σ² = max(variance, floor), elementwise."""
+    variance = variance.clamp_min(floor)
+    return 0.5 * (variance.log() + (target - mean).pow(2) / variance)
+
+
+def energy_nll(members: torch.Tensor, target: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
+    """Per-structure energy NLL, (S,), from member totals (S, M) and targets (S,) eV."""
+    return gaussian_nll(members.mean(1), members.var(1, correction=DDOF), target, floor)
+
+
+def force_nll(members: torch.Tensor, target: torch.Tensor, kind: str = "component",
+              floor: float = 1e-6, jitter: float = 1e-6) -> torch.Tensor:
+    """Per-atom force NLL, (N,), from member forces (M, N, 3) and targets (N, 3) eV/Å.
+
+    ``component``: Σ_xyz ½[log σ_x² + r_x²/σ_x²] (one Gaussian per Cartesian component);
+    ``isotropic``: 3 × ½[log σ̄² + |r|²/(3σ̄²)] with σ̄² the mean of the 3 component variances;
+    ``full``: ½[rᵀΣ⁻¹r + log det Σ], Σ = (1/(M−1)) Σ_m d_m d_mᵀ + jitter·I, d_m = F_m − F̄.
+    """
+    mean = members.mean(0)
+    residual = target - mean
+    if kind == "component":
+        return gaussian_nll(mean, members.var(0, correction=DDOF), target, floor).sum(-1)
+    if kind == "isotropic":
+        var = members.var(0, correction=DDOF).mean(-1).clamp_min(floor)
+        return 1.5 * var.log() + 0.5 * residual.pow(2).sum(-1) / var
+    if kind == "full":
+        dev = members - mean
+        cov = torch.einsum("mna,mnb->nab", dev, dev) / (members.shape[0] - DDOF)
+        cov = cov + jitter * torch.eye(3, dtype=cov.dtype, device=cov.device)
+        chol = torch.linalg.cholesky(cov)
+        solved = torch.cholesky_solve(residual.unsqueeze(-1), chol).squeeze(-1)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        return 0.5 * ((residual * solved).sum(-1) + logdet)
+    raise ValueError(f"force NLL kind must be component, isotropic or full, got {kind!r}")
+
+
+def gaussian_crps(mean: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Closed-form CRPS of N(μ, σ²) at y: σ[z(2Φ(z) − 1) + 2φ(z) − 1/√π], z = (y − μ)/σ."""
+    z = (target - mean) / sigma
+    cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return sigma * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))

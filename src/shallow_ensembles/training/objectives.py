@@ -1,0 +1,97 @@
+"""The loss of each training stage kind, on a batch. Method notes, "Losses".
+
+Per batch: L = w_E · mean_k N_k^(−a) ℓ_E,k + w_F · mean over atoms and components ℓ_F
+(+ w_S · mean stress MSE). ℓ depends on the stage kind:
+
+============  ===========================  ===============================================
+kind          energy term ℓ_E              force term ℓ_F
+============  ===========================  ===============================================
+mse           (Ē − E)²                     (F̄ − F)²
+member-mse    mean_m (E_m − E)²            (F̄ − F)²
+energy-nll    ½[log σ_E² + r²/σ_E²]        (F̄ − F)² (no member forces: costs one model)
+force-nll     ½[log σ_E² + r²/σ_E²]        force NLL of the member forces (``loss.force_nll``)
+============  ===========================  ===============================================
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import LossConfig
+from ..data.batch import Batch
+from ..model import ShallowEnsemble
+from . import losses
+
+
+def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
+               training: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of ``kind`` on ``batch`` and its parts (plain floats, for logs).
+
+    ``training`` keeps the graph for a parameter update (``create_graph`` through forces).
+    """
+    want_stress = cfg.stress_weight > 0 and batch.stress is not None
+    member = kind == "force-nll"
+    out = model.predict(batch, forces=not member, stress=want_stress and not member,
+                        member_forces=member, create_graph=training)
+    weights = losses.structure_weights(batch.n_atoms, cfg.atom_exponent).to(batch.energy)
+    members = out["energy_ensemble"]
+    if kind == "mse":
+        energy = losses.mse(out["energy"], batch.energy)
+    elif kind == "member-mse":
+        energy = losses.mse(members, batch.energy[:, None]).mean(1)
+    else:
+        energy = losses.energy_nll(members, batch.energy, cfg.variance_floor)
+    energy_term = (weights * energy).mean()
+    if member:
+        forces = out["forces_ensemble"]
+        force_term = losses.force_nll(forces, batch.forces, cfg.force_nll, cfg.variance_floor,
+                                      cfg.force_jitter).mean() / 3
+        mean_forces = forces.mean(0)
+    else:
+        mean_forces = out["forces"]
+        force_term = losses.mse(mean_forces, batch.forces).mean()
+    total = cfg.energy_weight * energy_term + cfg.forces_weight * force_term
+    parts = {"energy": float(energy_term.detach()), "forces": float(force_term.detach())}
+    if want_stress and "stress" in out:
+        mask = batch.stress_mask
+        stress_term = losses.mse(out["stress"][mask], batch.stress[mask]).mean()
+        total = total + cfg.stress_weight * stress_term
+        parts["stress"] = float(stress_term.detach())
+    n = batch.n_atoms.to(members.dtype)
+    parts["rmse_e_per_atom"] = float(((out["energy"].detach() - batch.energy) / n).pow(2).mean().sqrt())
+    parts["rmse_f"] = float((mean_forces.detach() - batch.forces).pow(2).mean().sqrt())
+    return total, parts
+
+
+def rescale_spread(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig) -> float:
+    """Scale the head deviations θ_m − θ̄ by the c that minimises the NLL loss of ``kind``.
+
+    Members then deviate c times as much from the (unchanged) mean, in energies and forces
+    alike; c is searched on a log grid 10^(−3..3). Starting an NLL stage from heads whose
+    spread is far off (LLPR heads fitted to energies, random heads) otherwise gives huge first
+    gradients. Returns c.
+    """
+    member = kind == "force-nll"
+    out = model.predict(batch, forces=not member, member_forces=member)
+    energies = out["energy_ensemble"].detach()
+    forces = out["forces_ensemble"].detach() if member else None
+    weights = losses.structure_weights(batch.n_atoms, cfg.atom_exponent).to(energies)
+
+    def loss(c):
+        ens = energies.mean(1, keepdim=True) + c * (energies - energies.mean(1, keepdim=True))
+        total = cfg.energy_weight * (weights * losses.energy_nll(ens, batch.energy,
+                                                                  cfg.variance_floor)).mean()
+        if member:
+            mean = forces.mean(0, keepdim=True)
+            ens_f = mean + c * (forces - mean)
+            total = total + cfg.forces_weight * losses.force_nll(
+                ens_f, batch.forces, cfg.force_nll, cfg.variance_floor, cfg.force_jitter).mean() / 3
+        return float(total)
+
+    grid = [10.0 ** (k / 8) for k in range(-24, 25)]
+    best = min(grid, key=loss)
+    with torch.no_grad():
+        for p in (model.head.weight, model.head.bias):
+            mean = p.mean(0, keepdim=True)
+            p.copy_(mean + best * (p - mean))
+    return best

@@ -1,0 +1,139 @@
+"""Protocols: named lists of stages composing head initialisations and the trainer.
+
+``train(config)`` is the whole job: read and split the data, build and initialise the model
+(composition baseline, per-species scale, density normalisation), run the stages (resumable),
+refit the calibration on validation, and save ``model.pt`` with its provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ..config import DataConfig, TrainConfig, to_dict, TRAINED_STAGES
+from ..data import Batch, collate, fit_composition_baseline, graphs_from_atoms, read_structures
+from ..data.split import load_split, make_split, save_split
+from ..model import ShallowEnsemble, save_model
+from ..model.io import file_sha256
+from . import init as heads
+from .trainer import Trainer, atomic_torch_save, distributed_info
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Datasets:
+    """Labelled frames of each subset."""
+
+    train: list
+    validation: list
+    test: list
+
+
+def load_datasets(cfg: DataConfig, run_dir: Path | None = None) -> Datasets:
+    """Read the files of ``cfg``; split ``train_file`` when no separate files are given."""
+    keys = {"energy_key": cfg.energy_key, "forces_key": cfg.forces_key,
+            "stress_key": cfg.stress_key}
+    frames = read_structures(cfg.train_file, **keys)
+    if cfg.validation_file is not None:
+        validation = read_structures(cfg.validation_file, **keys)
+        test = read_structures(cfg.test_file, **keys) if cfg.test_file else []
+        return Datasets(frames, validation, test)
+    n = len(frames)
+    if cfg.split_file:
+        split = load_split(cfg.split_file, n)
+    else:
+        n_val = cfg.n_validation if cfg.n_validation is not None else max(1, n // 10)
+        n_train = cfg.n_train if cfg.n_train is not None else max(1, int(0.8 * n))
+        split = make_split(n, n_train, n_val, cfg.n_test, cfg.split_seed)
+    if run_dir is not None:
+        save_split(split, run_dir / "split.json")
+    test = read_structures(cfg.test_file, **keys) if cfg.test_file else [
+        frames[i] for i in split.test]
+    return Datasets([frames[i] for i in split.train], [frames[i] for i in split.validation], test)
+
+
+def build_model(config: TrainConfig, train_graphs, species) -> ShallowEnsemble:
+    """Model from the config, initialised from the training data (baseline, scales)."""
+    model = ShallowEnsemble.from_config(config.model, species)
+    energies = [g.energy for g in train_graphs]
+    mu = fit_composition_baseline([g.numbers for g in train_graphs], energies, model.species)
+    forces = np.concatenate([g.forces for g in train_graphs])
+    with torch.no_grad():
+        model.composition.copy_(torch.as_tensor(mu))
+        model.scale.fill_(float(np.sqrt(np.mean(forces**2))) or 1.0)
+    model.backbone.fit_density_scale(collate(train_graphs[:32], dtype=model.dtype))
+    return model
+
+
+def run_init_stage(model, stage, stage_index, data_train, data_val, seed) -> None:
+    """Apply a head-initialisation stage (deterministic for a seed)."""
+    gen = torch.Generator().manual_seed(seed * 7919 + stage_index)
+    if stage.kind == "llpr":
+        heads.llpr_heads(model, data_train, data_val, gen, stage.regularizer, stage.force_rows)
+    elif stage.kind == "isotropic":
+        heads.isotropic_heads(model, stage.noise, gen)
+    elif stage.kind == "subsample":
+        heads.subsample_heads(model, data_train, gen, stage.ridge)
+    elif stage.kind == "random-heads":
+        heads.random_heads(model, gen)
+    else:  # pragma: no cover - guarded by the config Literal
+        raise ValueError(stage.kind)
+
+
+def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
+    """Run the training job of ``config``; returns the calibrated model (also saved)."""
+    from ..calibration import calibrate
+
+    rank, _ = distributed_info()
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.training.threads:
+        torch.set_num_threads(config.training.threads)
+    torch.manual_seed(config.training.seed)
+    if rank == 0:
+        (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump(to_dict(config),
+                                                                     sort_keys=False))
+    data = load_datasets(config.data, run_dir if rank == 0 else None)
+    species = sorted({int(z) for a in data.train + data.validation for z in a.numbers})
+    cutoff = config.model.cutoff_A
+    train_graphs = graphs_from_atoms(data.train, cutoff)
+    val_graphs = graphs_from_atoms(data.validation, cutoff)
+    model = build_model(config, train_graphs, species)
+    device = "cuda" if config.training.device == "cuda" or (
+        config.training.device == "auto" and torch.cuda.is_available()) else "cpu"
+    model = model.to(device)
+    trainer = Trainer(model, train_graphs, val_graphs, config, run_dir)
+    state = trainer.load_checkpoint() if resume else None
+    if resume and state is None:
+        LOG.warning("no checkpoint in %s: starting from scratch", run_dir)
+    first = state["stage"] if state is not None else 0
+    for k, stage in enumerate(config.resolved_stages()):
+        if k < first:
+            continue
+        if stage.kind in TRAINED_STAGES:
+            trainer.run_stage(k, stage, state if k == first else None)
+        else:
+            run_init_stage(model, stage, k, train_graphs, val_graphs, config.training.seed)
+        trainer.save_checkpoint({"stage": k + 1, "optimizer": None, "progress": None})
+    model = model.cpu()
+    if config.calibrate and config.model.n_members > 1:
+        calibrate(model, val_graphs)
+    if rank == 0:
+        provenance = {"protocol": config.protocol,
+                      "stages": [s.kind for s in config.resolved_stages()],
+                      "data_file": str(config.data.train_file),
+                      "data_sha256": file_sha256(config.data.train_file),
+                      "n_train": len(train_graphs), "n_validation": len(val_graphs)}
+        save_model(model, run_dir / "model.pt", provenance)
+        if trainer.history:
+            from ..plots import training_curves
+
+            training_curves(run_dir / "train_log.csv", run_dir / "training_curves.png")
+    return model

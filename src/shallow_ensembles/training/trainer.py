@@ -1,0 +1,248 @@
+"""One training loop for every trained stage: epochs, optimiser, schedule, early stopping,
+per-epoch CSV log, atomic checkpoint every epoch and resume; data parallel under ``torchrun``.
+
+Checkpoint (``checkpoint.pt``, loaded with ``weights_only=True``): the stage index and its
+completed epochs, model and optimiser states, best validation loss and model of the stage,
+plateau state, elapsed time and the log history. A killed run resumed with ``resume=True``
+continues from the last completed epoch and reproduces an uninterrupted run exactly (shuffling
+is seeded per stage and epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import StageConfig, TrainConfig
+from ..data.batch import Graph, collate
+from ..model import ShallowEnsemble
+from .objectives import rescale_spread, stage_loss
+
+
+LOG = logging.getLogger(__name__)
+
+
+class _LossModule(nn.Module):
+    """Wraps the model so that torch DDP sees the loss computation as ``forward``."""
+
+    def __init__(self, model, kind, loss_cfg):
+        super().__init__()
+        self.model, self.kind, self.loss_cfg = model, kind, loss_cfg
+
+    def forward(self, batch):
+        return stage_loss(self.model, batch, self.kind, self.loss_cfg, training=True)
+
+
+def distributed_info() -> tuple[int, int]:
+    """(rank, world size) under torchrun, (0, 1) otherwise; initialises the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), world
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Trainer:
+    """Runs the trained stages of a protocol on fixed training and validation graphs."""
+
+    LOG_FIELDS = ("stage", "kind", "epoch", "train_loss", "val_loss", "val_rmse_e_per_atom",
+                  "val_rmse_f", "lr", "seconds")
+
+    def __init__(self, model: ShallowEnsemble, train: Sequence[Graph], validation: Sequence[Graph],
+                 config: TrainConfig, run_dir: str | Path):
+        self.model, self.train, self.validation = model, list(train), list(validation)
+        self.config, self.cfg = config, config.training
+        self.run_dir = Path(run_dir)
+        self.rank, self.world = distributed_info()
+        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        self.history: list[dict] = []
+
+    # --- checkpoint ------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict) -> None:
+        """Write the checkpoint (rank 0 only)."""
+        if self.rank == 0:
+            atomic_torch_save({**state, "model": self.model.state_dict(),
+                               "history": self.history}, self.checkpoint_path)
+
+    def load_checkpoint(self) -> dict | None:
+        """The saved state, with the model restored; None if there is no checkpoint."""
+        if not self.checkpoint_path.exists():
+            return None
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.history = list(state.get("history", []))
+        return state
+
+    # --- one stage -----------------------------------------------------------------------------
+    def _batches(self, stage_index: int, epoch: int) -> list[list[Graph]]:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + stage_index * 1009 + epoch)
+        order = torch.randperm(len(self.train), generator=gen).tolist()
+        size = self.cfg.batch_size
+        step = size * self.world
+        usable = len(order) if self.world == 1 else len(order) // step * step
+        batches = []
+        for start in range(0, usable, step):
+            chunk = order[start:start + step][self.rank * size:(self.rank + 1) * size]
+            if chunk:
+                batches.append([self.train[i] for i in chunk])
+        return batches
+
+    def _lr(self, stage: StageConfig, epoch: int, plateau_factor: float) -> float:
+        peak = stage.learning_rate or self.cfg.learning_rate
+        if self.cfg.scheduler == "constant":
+            return peak
+        if self.cfg.scheduler == "plateau":
+            return peak * plateau_factor
+        warm = self.cfg.warmup_epochs
+        if epoch < warm:
+            return peak * (epoch + 1) / (warm + 1)
+        progress = (epoch - warm) / max(1, stage.epochs - warm)
+        low = self.cfg.min_lr_ratio
+        return peak * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    def _parameters(self, stage: StageConfig) -> list[nn.Parameter]:
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(stage.trainable == "all" or name.startswith(("head.", "scale")))
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def validate(self, kind: str) -> dict[str, float]:
+        """Mean loss and RMSEs over the validation graphs."""
+        sums: dict[str, float] = {}
+        n = 0
+        for start in range(0, len(self.validation), self.cfg.batch_size):
+            graphs = self.validation[start:start + self.cfg.batch_size]
+            batch = collate(graphs, dtype=self.model.dtype).to(self.device)
+            loss, parts = stage_loss(self.model, batch, kind, self.config.loss, training=False)
+            for key, value in {"loss": float(loss), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + value * len(graphs)
+            n += len(graphs)
+        return {k: v / n for k, v in sums.items()}
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def run_stage(self, stage_index: int, stage: StageConfig, state: dict | None) -> None:
+        """Train one stage, resuming from ``state`` when it belongs to this stage."""
+        params = self._parameters(stage)
+        opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
+        module = _LossModule(self.model, stage.kind, self.config.loss)
+        if self.world > 1:
+            module = nn.parallel.DistributedDataParallel(module)
+        progress = {"epoch": 0, "best": math.inf, "bad": 0, "elapsed": 0.0, "plateau": 1.0,
+                    "plateau_best": math.inf, "plateau_bad": 0}
+        best_model = None
+        if state is not None and state.get("stage") == stage_index and state.get("progress"):
+            optimizer.load_state_dict(state["optimizer"])
+            progress.update(state["progress"])
+            best_model = state.get("best_model")
+        if progress["epoch"] == 0 and stage.kind in ("energy-nll", "force-nll"):
+            sample = collate(self.train[:16], dtype=self.model.dtype).to(self.device)
+            scale = rescale_spread(self.model, sample, stage.kind, self.config.loss)
+            LOG.info("stage %d: member spread rescaled by %.3g before training", stage_index, scale)
+        bar = None
+        if self.cfg.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=stage.epochs, initial=progress["epoch"], leave=False,
+                       desc=f"stage {stage_index} {stage.kind}", dynamic_ncols=True)
+        try:
+            while progress["epoch"] < stage.epochs:
+                if stage.max_minutes is not None and progress["elapsed"] > 60 * stage.max_minutes:
+                    break
+                if self.cfg.patience is not None and progress["bad"] >= self.cfg.patience:
+                    break
+                row = self._epoch(stage_index, stage, module, optimizer, progress)
+                if progress["bad"] == 0:
+                    best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.save_checkpoint({"stage": stage_index, "optimizer": optimizer.state_dict(),
+                                      "progress": progress, "best_model": best_model})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(train=f"{row['train_loss']:.4g}", val=f"{row['val_loss']:.4g}",
+                                    rmse_f=f"{row['val_rmse_f']:.4f}")
+        finally:
+            if bar is not None:
+                bar.close()
+        if best_model is not None:
+            self.model.load_state_dict(best_model)
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+    def _epoch(self, stage_index, stage, module, optimizer, progress) -> dict:
+        start = time.perf_counter()
+        epoch = progress["epoch"]
+        lr = self._lr(stage, epoch, progress["plateau"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total, count = 0.0, 0
+        for graphs in self._batches(stage_index, epoch):
+            batch = collate(graphs, dtype=self.model.dtype).to(self.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = module(batch)
+            loss.backward()
+            if self.cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(
+                    [p for p in self.model.parameters() if p.requires_grad], self.cfg.grad_clip)
+            optimizer.step()
+            total, count = total + float(loss), count + 1
+        self.model.eval()
+        val = self.validate(stage.kind)
+        progress["epoch"] = epoch + 1
+        progress["elapsed"] += time.perf_counter() - start
+        if val["loss"] < progress["best"]:
+            progress["best"], progress["bad"] = val["loss"], 0
+        else:
+            progress["bad"] += 1
+        self._plateau(val["loss"], progress)
+        row = {"stage": stage_index, "kind": stage.kind, "epoch": epoch + 1,
+               "train_loss": total / max(count, 1), "val_loss": val["loss"],
+               "val_rmse_e_per_atom": val["rmse_e_per_atom"], "val_rmse_f": val["rmse_f"],
+               "lr": lr, "seconds": time.perf_counter() - start}
+        self.history.append(row)
+        self.write_log()
+        return row
+
+    def _plateau(self, loss: float, progress: dict) -> None:
+        if loss < progress["plateau_best"] - 1e-12:
+            progress["plateau_best"], progress["plateau_bad"] = loss, 0
+        else:
+            progress["plateau_bad"] += 1
+            if progress["plateau_bad"] > 5:
+                progress["plateau"] *= 0.5
+                progress["plateau_bad"] = 0
+
+    def write_log(self) -> None:
+        """Rewrite ``train_log.csv`` from the history (rank 0)."""
+        if self.rank != 0:
+            return
+        with open(self.run_dir / "train_log.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.history)
