@@ -137,7 +137,7 @@ class Trainer:
             graphs = self.validation[start:start + self.cfg.batch_size]
             batch = collate(graphs, dtype=self.model.dtype).to(self.device)
             loss, parts = stage_loss(self.model, batch, kind, self.config.loss, training=False)
-            for key, value in {"loss": float(loss), **parts}.items():
+            for key, value in {"loss": float(loss.detach()), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + value * len(graphs)
             n += len(graphs)
         return {k: v / n for k, v in sums.items()}
@@ -211,7 +211,7 @@ class Trainer:
                 nn.utils.clip_grad_norm_(
                     [p for p in self.model.parameters() if p.requires_grad], self.cfg.grad_clip)
             optimizer.step()
-            total, count = total + float(loss), count + 1
+            total, count = total + float(loss.detach()), count + 1
         self.model.eval()
         val = self.validate(stage.kind)
         progress["epoch"] = epoch + 1

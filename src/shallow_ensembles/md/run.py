@@ -1,0 +1,345 @@
+"""Run an uncertainty-monitored MD protocol with ASE: ``run_md``.
+
+Outputs in ``output_dir``:
+
+==========================  ============================================================
+file                        content
+==========================  ============================================================
+``resolved_config.yaml``    the validated protocol, every default filled in
+``md.log``                  the per-step table (:class:`~shallow_ensembles.md.logs.TableLog`)
+``trajectory.extxyz``       frames every ``logging.trajectory_interval`` steps, mean energy
+                            and forces, σ and ``energy_ensemble`` (M,) in ``info``
+``committee_energies.dat``  member total energies of those frames, frames × M, eV
+``model_devi.out``          DeePMD's model deviations (``logging.model_devi``)
+``candidates.extxyz``       frames saved by ``save`` actions (no energies or forces: they
+                            are predictions, not labels; σ in info/arrays)
+``rollback.extxyz``         the last trusted frame restored by a ``rollback``
+``last_good.extxyz``        the last frame that passed the guard, after a guard stop
+``events.log``              one line per ``log`` action and per stop
+``final.extxyz``            the structure and momenta at the end (after a rollback: the
+                            restored frame)
+``sigma.png``               σ against time with the levels
+``summary.yaml``            :class:`MDResult` as YAML
+==========================  ============================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ase.io
+import numpy as np
+import yaml
+from ase import Atoms, units
+from ase.calculators.calculator import BaseCalculator
+
+from ..calculator import ShallowEnsembleCalculator
+from ..errors import ConfigError, DataError, ThresholdExceeded
+from ..model import ShallowEnsemble
+from ..thresholds import CANDIDATE, FAILED
+from .config import DynamicsConfig, MDConfig, load_md_config, replace, resolved_dict
+from .logs import ModelDeviLog, TableLog, TrajectoryLog
+from .monitor import StopInfo, UncertaintyMonitor, record_dict
+
+FILES = {
+    "config": "resolved_config.yaml", "table": "md.log", "trajectory": "trajectory.extxyz",
+    "committee_energies": "committee_energies.dat", "model_devi": "model_devi.out",
+    "final": "final.extxyz", "plot": "sigma.png", "summary": "summary.yaml",
+}
+
+
+@dataclass(frozen=True)
+class MDResult:
+    """How a run went; also written to ``summary.yaml``."""
+
+    steps_run: int
+    """MD steps integrated (the last step reached, even after a rollback)."""
+    stop_reason: str
+    """completed, stop, rollback, callback or guard."""
+    message: str
+    """One line saying why the run ended."""
+    saved: dict[str, int]
+    """Frames written per file by save actions."""
+    first_candidate: dict[str, Any] | None
+    """Record of the first step at or above the candidate level (step, time_fs,
+    temperature_K, target_temperature_K, σ...)."""
+    first_failed: dict[str, Any] | None
+    """Record of the first failed step."""
+    stop: StopInfo | None = field(default=None, repr=False)
+    output_dir: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    """Output files that exist, by role."""
+
+    @property
+    def candidates_saved(self) -> int:
+        """Frames saved by every save action together."""
+        return sum(self.saved.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """YAML-safe summary."""
+        return {
+            "steps_run": self.steps_run, "stop_reason": self.stop_reason,
+            "message": self.message, "saved": dict(self.saved),
+            "candidates_saved": self.candidates_saved,
+            "first_candidate": _plain(self.first_candidate),
+            "first_failed": _plain(self.first_failed),
+            "stop_step": None if self.stop is None else self.stop.step,
+            "restored_step": None if self.stop is None else self.stop.frame_step,
+            "files": dict(self.files),
+        }
+
+
+def run_md(atoms: Atoms, calculator_or_model: BaseCalculator | ShallowEnsemble | str | Path,
+           protocol: MDConfig | dict | str | Path, output_dir: str | Path,
+           steps: int | None = None, *, callbacks: Mapping[str, Callable] | None = None,
+           overrides: Sequence[str] = (), progress: bool = False) -> MDResult:
+    """Integrate ``atoms`` with the protocol's dynamics under an :class:`UncertaintyMonitor`.
+
+    ``atoms`` is modified in place (positions, momenta, cell, info) and gets the calculator.
+
+    Parameters
+    ----------
+    atoms : the starting structure (its momenta are kept unless the protocol draws new ones)
+    calculator_or_model : an ASE calculator with ensemble results, a
+        :class:`~shallow_ensembles.model.ShallowEnsemble` or the path of a model file
+    protocol : an :class:`MDConfig`, a mapping or a YAML file (validated here)
+    output_dir : folder of the outputs (created); see the module docstring
+    steps : number of steps, overriding ``protocol.steps``
+    callbacks : functions named by ``callback`` actions
+    overrides : ``a.b=value`` strings applied to a YAML protocol
+    progress : show a tqdm progress bar on stderr
+
+    Returns
+    -------
+    MDResult
+
+    Raises
+    ------
+    ConfigError for an invalid protocol (naming the dotted key); DataError for a structure the
+    model cannot evaluate.
+    """
+    config = load_md_config(protocol, overrides)
+    if steps is not None:
+        if steps < 0:
+            raise ConfigError("steps", f"expected >= 0, got {steps}")
+        config = replace(config, steps=int(steps))
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / FILES["config"]).write_text(
+        yaml.safe_dump(resolved_dict(config), sort_keys=False, allow_unicode=True))
+    atoms.calc = _calculator(calculator_or_model)
+    rng = np.random.default_rng(config.dynamics.seed)
+    dyn, target = build_dynamics(atoms, config.dynamics, config.steps, rng)
+
+    log = config.logging
+    sinks: list = [TableLog(output / FILES["table"], log.interval,
+                            relative=config.monitor.relative_epsilon_eV_per_A is not None,
+                            target_temperature=target is not None)]
+    if log.trajectory_interval:
+        sinks.append(TrajectoryLog(output / FILES["trajectory"],
+                                   output / FILES["committee_energies"], log.trajectory_interval))
+    if log.model_devi:
+        sinks.append(ModelDeviLog(output / FILES["model_devi"], log.interval))
+    monitor = UncertaintyMonitor(atoms, config.levels, config.actions, settings=config.monitor,
+                                 guard=config.guard, output_dir=output, callbacks=callbacks,
+                                 sinks=sinks, target_temperature=target)
+    monitor.attach(dyn)
+    if config.dynamics.final_temperature_K is not None:
+        dyn.attach(_Ramp(dyn, config.dynamics.kind, target))
+    _integrate(dyn, monitor, config.steps, progress)
+
+    final = atoms.copy()
+    ase.io.write(output / FILES["final"], final, format="extxyz")
+    if log.plot and monitor.records:
+        from ..plots_md import plot_uncertainty
+
+        series = monitor.series()
+        plot_uncertainty(series["time_fs"], series["energy_uncertainty_per_atom_eV"],
+                         series["max_forces_uncertainty_eV_per_A"], output / FILES["plot"],
+                         config.levels, series["max_relative_forces_uncertainty"],
+                         config.monitor.relative_levels,
+                         title=f"{config.dynamics.kind}, {len(atoms)} atoms")
+    result = _result(dyn, monitor, output)
+    (output / FILES["summary"]).write_text(
+        yaml.safe_dump(result.to_dict(), sort_keys=False, allow_unicode=True))
+    return result
+
+
+def _integrate(dyn, monitor: UncertaintyMonitor, steps: int, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True)
+    try:
+        for _ in dyn.irun(steps):
+            bar.update(dyn.nsteps - bar.n)
+            if monitor.records:
+                bar.set_postfix_str(monitor.records[-1].level, refresh=False)
+    except ThresholdExceeded:
+        if monitor.stop is None:  # raised by an observer that is not ours
+            raise
+    except DataError:
+        # The calculator refuses NaN positions inside dyn.step(), before any observer runs.
+        if monitor.guard is None or np.isfinite(dyn.atoms.positions).all():
+            raise
+        bad = float((~np.isfinite(dyn.atoms.positions)).sum())
+        monitor.stop_from_guard(
+            ThresholdExceeded(dyn.nsteps + 1, "non_finite_positions", bad, 1.0, "guard"))
+    finally:
+        bar.update(dyn.nsteps - bar.n)
+        bar.close()
+        monitor.close()
+
+
+def _result(dyn, monitor: UncertaintyMonitor, output: Path) -> MDResult:
+    stop = monitor.stop
+    if stop is None:
+        reason, message = "completed", f"completed {dyn.nsteps} steps"
+    else:
+        reason = stop.reason
+        message = f"{stop.reason} at step {stop.step}: {stop.exception}"
+        if stop.reason == "rollback":
+            message += (f"; restored the trusted frame of step {stop.frame_step}"
+                        if stop.frame_step is not None else "; no trusted frame to restore")
+        if stop.reason == "guard" and stop.frame_step is not None:
+            message += f"; last good frame (step {stop.frame_step}) in last_good.extxyz"
+    files = {role: name for role, name in FILES.items() if (output / name).exists()}
+    for name in list(monitor.saved) + ["rollback.extxyz", "last_good.extxyz", "events.log"]:
+        if (output / name).exists():
+            files[Path(name).stem] = name
+    return MDResult(
+        steps_run=int(dyn.nsteps), stop_reason=reason, message=message,
+        saved=dict(monitor.saved), first_candidate=record_dict(monitor.first[CANDIDATE]),
+        first_failed=record_dict(monitor.first[FAILED]), stop=stop, output_dir=output,
+        files=files,
+    )
+
+
+def _calculator(obj) -> BaseCalculator:
+    if isinstance(obj, BaseCalculator):
+        return obj
+    if isinstance(obj, ShallowEnsemble | str | Path):
+        return ShallowEnsembleCalculator(obj)
+    raise TypeError(f"expected an ASE calculator, a ShallowEnsemble or a model path, got {obj!r}")
+
+
+# --- dynamics ----------------------------------------------------------------------------------
+def build_dynamics(atoms: Atoms, config: DynamicsConfig, total_steps: int,
+                   rng: np.random.Generator | None = None):
+    """The ASE dynamics of ``config`` on ``atoms`` (after drawing initial momenta if asked).
+
+    Parameters
+    ----------
+    atoms : Atoms with a calculator
+    config : the dynamics section
+    total_steps : length of the run (the temperature ramp spans it)
+    rng : random numbers for momenta and stochastic thermostats
+
+    Returns
+    -------
+    (dynamics, target) with ``target(step) → K`` the thermostat target temperature (None for
+    velocity_verlet).
+    """
+    from ase.md.bussi import Bussi
+    from ase.md.langevin import Langevin
+    from ase.md.langevinbaoab import LangevinBAOAB
+    from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
+    from ase.md.verlet import VelocityVerlet
+
+    rng = rng if rng is not None else np.random.default_rng()
+    _initial_momenta(atoms, config, rng)
+    dt = config.timestep_fs * units.fs
+    temperature = config.temperature_K
+    kind = config.kind
+    if kind == "velocity_verlet":
+        dyn = VelocityVerlet(atoms, timestep=dt)
+    elif kind == "langevin":
+        dyn = Langevin(atoms, dt, temperature_K=temperature,
+                       friction=config.friction_per_fs / units.fs, fixcm=False, rng=rng)
+    elif kind == "bussi":
+        if atoms.get_kinetic_energy() <= 1e-12:
+            raise ConfigError("dynamics.initial_temperature_K",
+                              "bussi needs nonzero initial momenta; set a temperature > 0")
+        dyn = Bussi(atoms, dt, temperature_K=temperature, taut=config.tdamp_fs * units.fs,
+                    rng=rng)
+    elif kind == "nose_hoover_chain":
+        dyn = NoseHooverChainNVT(atoms, dt, temperature_K=temperature,
+                                 tdamp=config.tdamp_fs * units.fs)
+    elif kind == "isotropic_mtk_npt":
+        _require_cell(atoms, kind)
+        dyn = IsotropicMTKNPT(atoms, dt, temperature_K=temperature,
+                              pressure_au=config.pressure_bar * units.bar,
+                              tdamp=config.tdamp_fs * units.fs, pdamp=config.pdamp_fs * units.fs)
+    elif kind == "langevin_baoab":
+        npt = config.pressure_bar is not None
+        if npt:
+            _require_cell(atoms, kind)
+        dyn = LangevinBAOAB(
+            atoms, dt, temperature_K=temperature, T_tau=config.tdamp_fs * units.fs,
+            # ASE's sign convention: a stress is minus a pressure.
+            externalstress=-config.pressure_bar * units.bar if npt else None,
+            hydrostatic=npt,
+            P_tau=config.pdamp_fs * units.fs if config.pdamp_fs is not None else None, rng=rng)
+    else:  # unreachable after validation
+        raise ConfigError("dynamics.kind", f"unknown kind {kind!r}")
+
+    if temperature is None:
+        return dyn, None
+    start, end = temperature, config.final_temperature_K
+    if end is None:
+        return dyn, lambda step: start
+    span = max(total_steps, 1)
+    return dyn, lambda step: start + (end - start) * min(max(step, 0) / span, 1.0)
+
+
+def _initial_momenta(atoms: Atoms, config: DynamicsConfig, rng: np.random.Generator) -> None:
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+    temperature = config.initial_temperature_K
+    if temperature is None and config.temperature_K is not None and not np.any(
+            atoms.get_momenta()):
+        temperature = config.temperature_K
+    if temperature is None:
+        return
+    if temperature == 0:
+        atoms.set_momenta(np.zeros((len(atoms), 3)))
+        return
+    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+    if len(atoms) > 1:
+        Stationary(atoms, preserve_temperature=True)
+
+
+def _require_cell(atoms: Atoms, kind: str) -> None:
+    if not atoms.pbc.all() or abs(atoms.cell.volume) < 1e-9:
+        raise DataError(f"dynamics kind '{kind}' with a pressure needs a 3-D periodic cell",
+                        key="cell")
+
+
+class _Ramp:
+    """Observer moving the thermostat target to ``target(step + 1)`` after each step."""
+
+    def __init__(self, dyn, kind: str, target: Callable[[int], float]):
+        self.dyn, self.kind, self.target = dyn, kind, target
+
+    def __call__(self) -> None:
+        temperature = self.target(self.dyn.nsteps + 1)
+        if self.kind == "langevin":
+            self.dyn.set_temperature(temperature_K=temperature)
+        elif self.kind == "langevin_baoab":
+            self.dyn.set_temperature(temperature)
+        elif self.kind == "bussi":
+            self.dyn.temp = units.kB * temperature
+            self.dyn.target_kinetic_energy = 0.5 * self.dyn.temp * self.dyn.ndof
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,83 @@
+"""LLPR posterior sampling and calibration."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from shallow_ensembles.calibration import calibrate, predict_dataset
+from shallow_ensembles.data import graphs_from_atoms
+from shallow_ensembles.metrics import gaussian_nll
+from shallow_ensembles.training import init as heads
+from shallow_ensembles.training.llpr import fit_posterior
+
+
+def test_llpr_mean_is_map_and_covariance_converges():
+    rng = torch.Generator().manual_seed(0)
+    phi = torch.randn(50, 4, generator=rng, dtype=torch.float64)
+    post = fit_posterior(phi, phi[:10], 0.1 * torch.randn(10, generator=rng, dtype=torch.float64),
+                         regularizer=0.5)
+    theta_map = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    errors = []
+    for n in (50, 5000):
+        samples = post.sample(theta_map, n, torch.Generator().manual_seed(n))
+        torch.testing.assert_close(samples.mean(0), theta_map, rtol=0, atol=1e-12)
+        cov = torch.cov(samples.T)
+        errors.append(float((cov - post.covariance()).norm() / post.covariance().norm()))
+    assert errors[1] < 0.1 and errors[1] < errors[0]
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(post.variance(x), torch.einsum("ka,ab,kb->k", x,
+                                                               post.covariance(), x))
+
+
+def test_llpr_heads_keep_the_map_prediction(ethanol_frames):
+    model = tiny_model(n_members=6, frames=ethanol_frames[:5])
+    graphs = graphs_from_atoms(ethanol_frames[:20], model.cutoff)
+    for g, a in zip(graphs, ethanol_frames[:20]):
+        g.energy, g.forces = a.get_potential_energy(), a.get_forces()
+    with torch.no_grad():
+        model.composition.fill_(float(np.mean([g.energy for g in graphs])) / 9)
+    before = predict_dataset(model, graphs, member_forces=False)["energy"]
+    heads.llpr_heads(model, graphs[:15], graphs[15:], torch.Generator().manual_seed(0))
+    after = predict_dataset(model, graphs, member_forces=True)
+    np.testing.assert_allclose(after["energy"], before, rtol=1e-11)
+    assert after["energy_sigma"].min() > 0 and after["forces_sigma"].max() > 0
+
+
+def synthetic_labels(model, frames, seed):
+    """Labels drawn from the model's own predictive distribution."""
+    graphs = graphs_from_atoms(frames, model.cutoff)
+    pred = predict_dataset(model, graphs, member_forces=True)
+    rng = np.random.default_rng(seed)
+    offset = 0
+    for k, g in enumerate(graphs):
+        n = len(g)
+        g.energy = pred["energy"][k] + pred["energy_sigma"][k] * rng.normal()
+        sl = slice(offset, offset + n)
+        g.forces = pred["forces"][sl] + pred["forces_sigma"][sl] * rng.normal(size=(n, 3))
+        offset += n
+    return graphs
+
+
+def test_alpha_is_one_on_data_from_the_model(ethanol_frames):
+    model = tiny_model(frames=ethanol_frames[:5])
+    graphs = synthetic_labels(model, ethanol_frames, seed=0)
+    alphas = calibrate(model, graphs)
+    assert alphas["alpha_energy"] == pytest.approx(1.0, abs=0.25)
+    assert alphas["alpha_forces"] == pytest.approx(1.0, abs=0.08)
+
+
+def test_calibration_lowers_held_out_nll(ethanol_frames):
+    model = tiny_model(frames=ethanol_frames[:5])
+    graphs = graphs_from_atoms(ethanol_frames, model.cutoff)
+    for g, a in zip(graphs, ethanol_frames):
+        g.energy, g.forces = a.get_potential_energy(), a.get_forces()
+    with torch.no_grad():
+        model.composition.fill_(float(np.mean([g.energy for g in graphs])) / 9)
+    held_out = predict_dataset(model, graphs[30:])
+    r_f = (held_out["ref_forces"] - held_out["forces"]).ravel()
+    before = gaussian_nll(r_f, held_out["forces_sigma"].ravel() ** 2)
+    alphas = calibrate(model, graphs[:30])
+    after = gaussian_nll(r_f, (alphas["alpha_forces"] * held_out["forces_sigma"].ravel()) ** 2)
+    assert after < before - 0.1
+    assert float(model.alpha_forces) == pytest.approx(alphas["alpha_forces"])
