@@ -81,3 +81,30 @@ def test_calibration_lowers_held_out_nll(ethanol_frames):
     after = gaussian_nll(r_f, (alphas["alpha_forces"] * held_out["forces_sigma"].ravel()) ** 2)
     assert after < before - 0.1
     assert float(model.alpha_forces) == pytest.approx(alphas["alpha_forces"])
+
+
+def test_per_element_force_calibration(ethanol_frames):
+    from shallow_ensembles import ShallowEnsembleCalculator
+
+    model = tiny_model(frames=ethanol_frames[:5])
+    graphs = synthetic_labels(model, ethanol_frames, seed=1)
+    pred = predict_dataset(model, graphs)
+    hydrogen = pred["numbers"] == 1
+    offset = 0
+    for g in graphs:
+        n = len(g)
+        h = g.numbers == 1
+        mean = pred["forces"][offset:offset + n]
+        g.forces = np.where(h[:, None], mean + 3 * (g.forces - mean), g.forces)
+        offset += n
+    alphas = calibrate(model, graphs, per_element=True)
+    assert alphas["alpha_forces_Z1"] == pytest.approx(3.0, rel=0.15)
+    assert alphas["alpha_forces_Z6"] == pytest.approx(1.0, rel=0.25)
+    atoms = ethanol_frames[0].copy()
+    atoms.calc = ShallowEnsembleCalculator(model)
+    sigma = atoms.calc.get_property("forces_uncertainty", atoms)
+    raw = pred["forces_sigma"][:9]
+    ratio = sigma / raw
+    np.testing.assert_allclose(ratio[atoms.numbers == 1], alphas["alpha_forces_Z1"], rtol=1e-6)
+    np.testing.assert_allclose(ratio[atoms.numbers == 6], alphas["alpha_forces_Z6"], rtol=1e-6)
+    assert hydrogen.any()

@@ -117,8 +117,9 @@ class ShallowEnsembleCalculator(Calculator):
         out = self.model.member_forces(self._batch, stress=periodic)
         self.n_member_evaluations += 1
         _, alpha_forces = self._alphas()
+        atom_alphas = self.model.force_alphas(self._batch.numbers).detach().cpu().double().numpy()
         ens = out["forces_ensemble"].detach().cpu().double().numpy()
-        ens = _rescale(ens, alpha_forces)
+        ens = _rescale(ens, atom_alphas[None, :, None])
         self.results[K.FORCES_ENSEMBLE] = ens
         self.results[K.FORCES_UNCERTAINTY] = _std(ens)
         if periodic:
@@ -128,7 +129,7 @@ class ShallowEnsembleCalculator(Calculator):
             self.results[K.STRESS_UNCERTAINTY] = _std(stress)
 
 
-def _rescale(ensemble: np.ndarray, alpha: float) -> np.ndarray:
+def _rescale(ensemble: np.ndarray, alpha) -> np.ndarray:
     """Members rescaled about their mean (member axis first)."""
     mean = ensemble.mean(axis=0, keepdims=True)
     return mean + alpha * (ensemble - mean)

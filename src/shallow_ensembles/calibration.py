@@ -70,8 +70,12 @@ def scale_factor(residual: np.ndarray, sigma: np.ndarray, method: str = "nll") -
 
 
 def calibrate(model: ShallowEnsemble, graphs: Sequence[Graph], method: str = "nll",
-              forces: bool = True) -> dict[str, float]:
-    """Fit α_E (and α_F) on ``graphs`` from the raw ensemble and store them in ``model``."""
+              forces: bool = True, per_element: bool = False) -> dict[str, float]:
+    """Fit α_E (and α_F) on ``graphs`` from the raw ensemble and store them in ``model``.
+
+    ``per_element`` also fits a factor a_Z per element on the force components of its atoms
+    (α_F · a_Z is then the force factor of element Z; a_Z = 1 for elements absent from the data).
+    """
     pred = predict_dataset(model, graphs, member_forces=forces)
     alpha_e = scale_factor(pred["ref_energy"] - pred["energy"], pred["energy_sigma"], method)
     result = {"alpha_energy": alpha_e}
@@ -82,4 +86,13 @@ def calibrate(model: ShallowEnsemble, graphs: Sequence[Graph], method: str = "nl
                                    method)
             model.alpha_forces.fill_(alpha_f)
             result["alpha_forces"] = alpha_f
+            model.alpha_forces_species.fill_(1.0)
+            if per_element:
+                for k, z in enumerate(model.species):
+                    rows = pred["numbers"] == z
+                    if rows.any():
+                        a_z = scale_factor(pred["ref_forces"][rows] - pred["forces"][rows],
+                                           pred["forces_sigma"][rows], method)
+                        model.alpha_forces_species[k] = a_z / alpha_f
+                        result[f"alpha_forces_Z{z}"] = a_z
     return result

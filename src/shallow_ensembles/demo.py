@@ -32,6 +32,9 @@ def run_demo(output: Path, skip_training: bool = False, md_steps: int = 20) -> i
     else:
         print(f"training: protocol {config.protocol} on {WATER.name} -> {output / 'train'}")
         model = train(config)
+        from .training_cli import _training_curves
+
+        _training_curves(output / "train")
         print(f"trained in {time.perf_counter() - start:.0f} s; α_E = "
               f"{float(model.alpha_energy):.3g}, α_F = {float(model.alpha_forces):.3g}")
     data = load_datasets(config.data)

@@ -77,10 +77,13 @@ def _driver_options(parser: argparse.ArgumentParser) -> None:
                        "candidates.extxyz when a level is set)")
 
 
-def _driver_kwargs(args) -> dict:
+def _set_threads(args) -> None:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+
+
+def _driver_kwargs(args) -> dict:
     kwargs = {"device": args.device, "dtype": args.dtype, "member_forces": args.member_forces,
               "candidates": args.candidates}
     kwargs.update({dest: getattr(args, dest) for _, dest, _ in _LEVELS})
@@ -93,6 +96,7 @@ def _run_driver(args) -> int:
     if args.address is not None and args.port is None:
         print("error: --address needs --port", file=sys.stderr)
         return 2
+    _set_threads(args)
     driver = ShallowEnsembleDriver(model=args.model, template=args.structure,
                                    verbose=args.verbose, **_driver_kwargs(args))
     target = args.unix if args.unix is not None else f"{args.address}:{args.port}"
@@ -117,6 +121,7 @@ def _run_driver(args) -> int:
 def _run_ipi(args) -> int:
     from .ipi.run import IPIRunError, run_ipi
 
+    _set_threads(args)
     try:
         summary = run_ipi(args.input, args.model, structure=args.structure, steps=args.steps,
                           output=args.output, baseline_model=args.baseline_model,

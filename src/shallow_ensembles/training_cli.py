@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("model")
     p.add_argument("data")
     p.add_argument("--method", choices=["nll", "mae"], default="nll")
+    p.add_argument("--per-element", action="store_true", help="also fit α_F per element")
     p.add_argument("--output", help="write the calibrated model here (default: in place)")
     p.set_defaults(func=cmd_calibrate)
 
@@ -55,8 +57,17 @@ def cmd_train(args) -> int:
     from .training import train
 
     train(config, resume=args.resume)
+    _training_curves(Path(config.output_dir))
     print(f"model written to {Path(config.output_dir) / 'model.pt'}")
     return 0
+
+
+def _training_curves(run_dir: Path) -> None:
+    log = run_dir / "train_log.csv"
+    if log.exists() and os.environ.get("RANK", "0") == "0":
+        from .plots import training_curves
+
+        training_curves(log, run_dir / "training_curves.png")
 
 
 def _graphs(model, path):
@@ -71,7 +82,8 @@ def cmd_calibrate(args) -> int:
     from .model import load_model, save_model
 
     model = load_model(args.model)
-    alphas = calibrate(model, _graphs(model, args.data), method=args.method)
+    alphas = calibrate(model, _graphs(model, args.data), method=args.method,
+                       per_element=args.per_element)
     out = save_model(model, args.output or args.model,
                      {"calibration_data": str(args.data), "calibration_method": args.method})
     print(f"α_E = {alphas['alpha_energy']:.4g}, α_F = {alphas['alpha_forces']:.4g} -> {out}")

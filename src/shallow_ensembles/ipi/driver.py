@@ -83,6 +83,8 @@ class EvaluationLog:
     """max_i ‖σ(F_i)‖, eV/Å; empty without member forces."""
     levels: dict[str, int] = field(default_factory=dict)
     """Evaluations per trust level."""
+    finished_s: list[float] = field(default_factory=list)
+    """``time.monotonic()`` at the end of each evaluation, s (steady-state cost per step)."""
     n_atoms: int = 0
 
 
@@ -172,7 +174,9 @@ class ShallowEnsembleDriver(Dummy_driver):
         atoms.calc = self.calculator
         atoms.get_potential_energy()
         self._record(atoms)
-        return self.to_ipi(atoms, self.calculator.results)
+        out = self.to_ipi(atoms, self.calculator.results)
+        self.log.finished_s.append(time.monotonic())
+        return out
 
     def to_ase(self, cell: np.ndarray, pos: np.ndarray) -> Atoms:
         """i-PI → ASE: bohr → Å, cell vectors from columns to rows; numbers from the template.

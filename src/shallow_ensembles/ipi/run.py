@@ -86,6 +86,9 @@ class RunSummary:
     """σ_E of every evaluated structure (each bead counts), shape (evaluations,), eV."""
     max_forces_uncertainty: np.ndarray
     """max_i ‖σ(F_i)‖ per evaluation, shape (evaluations,) or (0,), eV/Å."""
+    seconds_per_evaluation: float | None = None
+    """Mean wall time between consecutive evaluations after the first two (i-PI and driver
+    together: the steady-state cost of one step per bead), s."""
     levels: dict[str, int] = field(default_factory=dict)
     candidates: Path | None = None
     n_candidates: int = 0
@@ -97,6 +100,9 @@ class RunSummary:
         sig_e, sig_f = self.energy_uncertainty, self.max_forces_uncertainty
         lines = [f"i-PI run in {self.run_dir}: {self.steps if self.steps is not None else '?'} "
                  f"steps, {sig_e.size} structures evaluated ({self.n_atoms} atoms)"]
+        if self.seconds_per_evaluation is not None:
+            lines.append(f"{1e3 * self.seconds_per_evaluation:.4g} ms per evaluation "
+                         "(steady state, i-PI and driver)")
         if sig_e.size:
             lines.append(f"committee sigma_E: mean {sig_e.mean():.4g} eV "
                          f"({sig_e.mean() / self.n_atoms:.4g} eV/atom), max {sig_e.max():.4g} eV "
@@ -411,9 +417,16 @@ def _summarize(plan: RunPlan, drivers: list) -> RunSummary:
         n_atoms=main.log.n_atoms,
         energy_uncertainty=np.asarray(main.log.energy_uncertainty, dtype=float),
         max_forces_uncertainty=np.asarray(main.log.max_forces_uncertainty, dtype=float),
-        levels=dict(main.log.levels),
+        seconds_per_evaluation=_steady_interval(main.log.finished_s), levels=dict(main.log.levels),
         candidates=Path(main.candidates) if main.candidates else None,
         n_candidates=main.n_candidates, active_output=plan.active_output, n_active=n_active)
+
+
+def _steady_interval(finished_s: list[float]) -> float | None:
+    """Mean interval between evaluations, skipping the first two (start-up, first step)."""
+    if len(finished_s) < 4:
+        return None
+    return float(np.mean(np.diff(finished_s[2:])))
 
 
 def _final_step(run_dir: Path) -> int | None:

@@ -185,7 +185,7 @@ class UncertaintyMonitor:
         self.last_trusted: tuple[int, Atoms] | None = None
         """(step, frame) of the last complete trusted step (kept when a rollback is set)."""
         self.last_good: tuple[int, Atoms] | None = None
-        """(step, frame) of the last step that passed the guard."""
+        """(step, frame) of the last step checked by the guard and passed."""
 
     # --- wiring ------------------------------------------------------------------------------
     def attach(self, dynamics, interval: int = 1) -> UncertaintyMonitor:
@@ -224,7 +224,8 @@ class UncertaintyMonitor:
         """Measure, log and act for the current frame (called by the dynamics)."""
         self._calls += 1
         step = self._step()
-        if self.guard is not None and step % self.guard.config.check_interval == 0:
+        checked = self.guard is not None and step % self.guard.config.check_interval == 0
+        if checked:
             violation = self.guard.check(self.atoms)
             if violation is not None:
                 self._guard_stop(step, violation)
@@ -232,7 +233,7 @@ class UncertaintyMonitor:
         self.records.append(record)
         for sink in self.sinks:
             sink(self.atoms, record)
-        self._remember(record)
+        self._remember(record, checked)
         self._act(record)
 
     def measure(self, step: int) -> StepRecord:
@@ -275,15 +276,16 @@ class UncertaintyMonitor:
         )
 
     # --- bookkeeping -------------------------------------------------------------------------
-    def _remember(self, record: StepRecord) -> None:
+    def _remember(self, record: StepRecord, checked: bool) -> None:
         for level in (CANDIDATE, FAILED):
             if self.first[level] is None and LEVEL_ORDER[record.level] >= LEVEL_ORDER[level]:
                 self.first[level] = record
-        if self.guard is not None:
-            self.last_good = (record.step, self.atoms.copy())
+        frame = None
+        if checked:
+            frame = self.atoms.copy()
+            self.last_good = (record.step, frame)
         if self._keep_trusted and record.complete and record.level == TRUSTED:
-            frame = self.last_good[1] if self.guard is not None else self.atoms.copy()
-            self.last_trusted = (record.step, frame)
+            self.last_trusted = (record.step, frame if frame is not None else self.atoms.copy())
 
     def _act(self, record: StepRecord) -> None:
         rank = LEVEL_ORDER[record.level]

@@ -26,6 +26,7 @@ file                        content
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,9 @@ def _result(dyn, monitor: UncertaintyMonitor, output: Path) -> MDResult:
         reason, message = "completed", f"completed {dyn.nsteps} steps"
     else:
         reason = stop.reason
-        message = f"{stop.reason} at step {stop.step}: {stop.exception}"
+        who = {"stop": "a stop action", "rollback": "a rollback action",
+               "callback": "a callback", "guard": "the guard"}.get(reason, reason)
+        message = f"stopped by {who} at {stop.exception}"
         if stop.reason == "rollback":
             message += (f"; restored the trusted frame of step {stop.frame_step}"
                         if stop.frame_step is not None else "; no trusted frame to restore")
@@ -216,6 +219,32 @@ def _result(dyn, monitor: UncertaintyMonitor, output: Path) -> MDResult:
         first_failed=record_dict(monitor.first[FAILED]), stop=stop, output_dir=output,
         files=files,
     )
+
+
+def read_structure(path: str | Path, index: int | str = -1) -> Atoms:
+    """The starting structure of a run: one frame of an ASE-readable file (default: the last).
+
+    Positions, cell, pbc and momenta are kept (so ``final.extxyz`` restarts a run); the file's
+    energies, forces and labels are dropped.
+
+    Raises
+    ------
+    DataError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such file", file=path)
+    try:
+        atoms = ase.io.read(path, index=index)
+    except Exception as err:  # noqa: BLE001 - ASE raises many types for unreadable files
+        raise DataError(f"ASE could not read it ({type(err).__name__}: {err})", file=path) from err
+    if not isinstance(atoms, Atoms) or len(atoms) == 0:
+        raise DataError("no structure with atoms in it", file=path)
+    if not np.all(np.isfinite(atoms.positions)):
+        raise DataError("positions contain NaN or inf", file=path, key="positions")
+    start = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
+                  pbc=atoms.pbc, momenta=atoms.get_momenta() if atoms.has("momenta") else None)
+    return start
 
 
 def _calculator(obj) -> BaseCalculator:
@@ -277,12 +306,15 @@ def build_dynamics(atoms: Atoms, config: DynamicsConfig, total_steps: int,
         npt = config.pressure_bar is not None
         if npt:
             _require_cell(atoms, kind)
-        dyn = LangevinBAOAB(
-            atoms, dt, temperature_K=temperature, T_tau=config.tdamp_fs * units.fs,
-            # ASE's sign convention: a stress is minus a pressure.
-            externalstress=-config.pressure_bar * units.bar if npt else None,
-            hydrostatic=npt,
-            P_tau=config.pdamp_fs * units.fs if config.pdamp_fs is not None else None, rng=rng)
+        pdamp_fs = config.pdamp_fs if config.pdamp_fs is not None else 20 * config.tdamp_fs
+        with warnings.catch_warnings():
+            # ASE announces its barostat-mass heuristic (from P_tau) on every construction.
+            warnings.filterwarnings("ignore", message="Using heuristic P_mass")
+            dyn = LangevinBAOAB(
+                atoms, dt, temperature_K=temperature, T_tau=config.tdamp_fs * units.fs,
+                # ASE's sign convention: a stress is minus a pressure.
+                externalstress=-config.pressure_bar * units.bar if npt else None,
+                hydrostatic=npt, P_tau=pdamp_fs * units.fs if npt else None, rng=rng)
     else:  # unreachable after validation
         raise ConfigError("dynamics.kind", f"unknown kind {kind!r}")
 

@@ -67,6 +67,8 @@ class ShallowEnsemble(nn.Module):
         self.register_buffer("composition", torch.zeros(n_species))
         self.register_buffer("alpha_energy", torch.tensor(1.0))
         self.register_buffer("alpha_forces", torch.tensor(1.0))
+        # optional per-element multipliers of α_F (1 unless calibrated per element)
+        self.register_buffer("alpha_forces_species", torch.ones(n_species))
         lookup = torch.full((max(self.species) + 1,), -1, dtype=torch.long)
         lookup[torch.tensor(self.species)] = torch.arange(n_species)
         self.register_buffer("species_index", lookup, persistent=False)
@@ -119,8 +121,13 @@ class ShallowEnsemble(nn.Module):
         with torch.enable_grad():
             out = self._predict(batch, forces, stress, member_forces, create_graph, method)
         if calibrated:
-            out = apply_calibration(out, float(self.alpha_energy), float(self.alpha_forces))
+            out = apply_calibration(out, float(self.alpha_energy), float(self.alpha_forces),
+                                    self.force_alphas(batch.numbers))
         return out
+
+    def force_alphas(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Per-atom force calibration factors α_F · a_Z, (N,)."""
+        return self.alpha_forces * self.alpha_forces_species[self.species_index[numbers]]
 
     def _predict(self, batch, forces, stress, member_forces, create_graph, method):
         positions = batch.positions
@@ -292,10 +299,12 @@ def summarize_energies(atom_energies: torch.Tensor, batch: Batch) -> dict[str, t
 
 
 def apply_calibration(out: dict[str, torch.Tensor], alpha_energy: float,
-                      alpha_forces: float) -> dict[str, torch.Tensor]:
+                      alpha_forces: float, atom_alphas: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
     """Rescale members about their mean: X_m → X̄ + α (X_m − X̄); σ → α σ.
 
-    Energies use α_E; forces and stresses (derivatives of the energy) use α_F.
+    Energies use α_E; stresses α_F; forces the per-atom ``atom_alphas`` (N,) when given
+    (α_F times a per-element factor), else α_F.
     """
     out = dict(out)
     if "energy_ensemble" in out:
@@ -307,5 +316,8 @@ def apply_calibration(out: dict[str, torch.Tensor], alpha_energy: float,
         if key in out:
             ens = out[key]
             mean = ens.mean(dim=0, keepdim=True)
-            out[key] = mean + alpha_forces * (ens - mean)
+            alpha = alpha_forces
+            if key == "forces_ensemble" and atom_alphas is not None:
+                alpha = atom_alphas.to(ens)[None, :, None]
+            out[key] = mean + alpha * (ens - mean)
     return out

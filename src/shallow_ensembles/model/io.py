@@ -56,7 +56,10 @@ def save_model(model: ShallowEnsemble, path: str | Path, provenance: dict | None
         "cutoff_A": model.cutoff,
         "units": UNITS,
         "calibration": {"alpha_energy": float(model.alpha_energy),
-                        "alpha_forces": float(model.alpha_forces)},
+                        "alpha_forces": float(model.alpha_forces),
+                        "alpha_forces_per_element": {
+                            int(z): float(a) for z, a in
+                            zip(model.species, model.alpha_forces_species.tolist())}},
         "provenance": prov,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }

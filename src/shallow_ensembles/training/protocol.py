@@ -132,8 +132,4 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
                       "data_sha256": file_sha256(config.data.train_file),
                       "n_train": len(train_graphs), "n_validation": len(val_graphs)}
         save_model(model, run_dir / "model.pt", provenance)
-        if trainer.history:
-            from ..plots import training_curves
-
-            training_curves(run_dir / "train_log.csv", run_dir / "training_curves.png")
     return model
