@@ -21,7 +21,7 @@ output.mkdir(parents=True, exist_ok=True)
 
 atoms = read(HERE / "data" / "water_64H2O_60frames.extxyz", index=0)
 atoms.calc = ShallowEnsembleCalculator(HERE.parent / "models" / "water_two_step.pt")
-dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01,
+dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01, fixcm=False,
                rng=np.random.default_rng(0))
 frames = []
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import molecule
-from conftest import tiny_model
 
+from conftest import tiny_model
 from shallow_ensembles.md.logs import MODEL_DEVI_HEADER, ddof0_factor, model_devi_row
 from shallow_ensembles.md.run import run_md
 
@@ -78,7 +78,8 @@ def test_file_written_by_a_run_matches_the_trajectory(tmp_path):
     model = tiny_model(species=(1, 8), frames=[atoms])
     protocol = {"dynamics": {"kind": "langevin", "temperature_K": 300, "friction_per_fs": 0.02,
                              "seed": 3},
-                "logging": {"model_devi": True, "trajectory_interval": 1, "plot": False}}
+                "logging": {"model_devi": True, "trajectory_interval": 1, "plot": False,
+                            "trajectory_member_forces": True}}
     run_md(atoms, model, protocol, tmp_path, steps=3)
     lines = (tmp_path / "model_devi.out").read_text().splitlines()
     assert lines[0] == DEEPMD_HEADER

@@ -6,12 +6,12 @@ import ase.io
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, tiny_model
-from test_md_model_devi import water_box
 
+from conftest import ROOT, tiny_model
 from shallow_ensembles.cli import main
 from shallow_ensembles.md import load_md_config
 from shallow_ensembles.model import save_model
+from test_md_model_devi import water_box
 
 PROTOCOLS = sorted((ROOT / "md_protocols").glob("*.yaml"))
 
@@ -65,7 +65,8 @@ def test_heating_ramp_summary_names_the_temperature(inputs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     assert "first candidate:  step 0" in printed and "(target 300.0 K)" in printed
-    assert "stopped by a stop action at step 9: " in printed  # ten failed steps in a row (patience 10)
+    # ten failed steps in a row (patience 10)
+    assert "stopped by a stop action at step 9: " in printed
 
 
 def test_progress_bar_and_overrides(inputs, tmp_path, capsys):

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import yaml
 from ase import units
-from conftest import tiny_model
-from test_md_model_devi import water_box
-from test_md_monitor import ScheduledCalc, drifting_atoms
 
+from conftest import tiny_model
 from shallow_ensembles import conventions as K
 from shallow_ensembles.config import template
 from shallow_ensembles.errors import ConfigError
 from shallow_ensembles.md import MDConfig, load_md_config, run_md
 from shallow_ensembles.md.run import read_structure
+from test_md_model_devi import water_box
+from test_md_monitor import ScheduledCalc, drifting_atoms
 
 NO_FILES = {"plot": False, "trajectory_interval": 0}
 
@@ -91,7 +91,7 @@ def test_outputs_of_a_run(water, water_model, tmp_path):
                              "seed": 0},
                 "levels": {"forces_lo_eV_per_A": 100.0},
                 "logging": {"trajectory_interval": 2}}
-    result = run_md(atoms, water_model, protocol, tmp_path, steps=6)
+    run_md(atoms, water_model, protocol, tmp_path, steps=6)
     for name in ("resolved_config.yaml", "md.log", "trajectory.extxyz", "committee_energies.dat",
                  "final.extxyz", "sigma.png", "summary.yaml"):
         assert (tmp_path / name).is_file(), name
@@ -103,6 +103,9 @@ def test_outputs_of_a_run(water, water_model, tmp_path):
     np.testing.assert_allclose(numbers[:, 1], 0.5 * numbers[:, 0])
     frames = ase.io.read(tmp_path / "trajectory.extxyz", ":")
     assert [f.info["md_step"] for f in frames] == [0, 2, 4, 6]
+    assert "forces_ensemble" not in frames[0].arrays  # logging.trajectory_member_forces
+    assert frames[0].arrays["forces_uncertainty"].shape == (len(atoms), 3)
+    assert "forces_ensemble" in atoms.arrays  # only left out of the file
     energies = np.loadtxt(tmp_path / "committee_energies.dat")
     assert energies.shape == (4, water_model.n_members)
     for frame, row, line in zip(frames, energies, numbers[::2], strict=True):
@@ -200,3 +203,22 @@ def test_timestep_is_in_fs(water, water_model, tmp_path):
     dyn, target = build_dynamics(atoms, load_md_config(protocol).dynamics, 10)
     assert dyn.dt == pytest.approx(0.25 * units.fs) and target is None
     assert not atoms.get_momenta().any()
+
+
+def test_python_api_with_a_callback_function(tmp_path):
+    from shallow_ensembles.md import ActionConfig, DynamicsConfig
+    from shallow_ensembles.thresholds import TrustLevels
+
+    seen = []
+
+    def on_candidate(event):
+        seen.append(event.step)
+
+    config = MDConfig(dynamics=DynamicsConfig(kind="velocity_verlet", timestep_fs=1.0),
+                      levels=TrustLevels(forces_lo_eV_per_A=0.1),
+                      actions=(ActionConfig(kind="callback", callback=on_candidate),))
+    calc = ScheduledCalc(force_sigma=lambda s: 0.2 if s >= 3 else 0.0)
+    result = run_md(drifting_atoms(), calc, config, tmp_path, steps=5)
+    assert seen == [3, 4, 5] and result.stop_reason == "completed"
+    resolved = yaml.safe_load((tmp_path / "resolved_config.yaml").read_text())
+    assert resolved["actions"][0]["callback"].endswith("on_candidate")

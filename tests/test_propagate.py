@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tiny_model
 
+from conftest import tiny_model
 from shallow_ensembles import ShallowEnsembleCalculator
 from shallow_ensembles.errors import DataError
 from shallow_ensembles.md import propagate, propagate_energies

@@ -13,9 +13,8 @@ import ase.io
 import numpy as np
 import pytest
 from ase import units
-from conftest import tiny_model
-from test_md_model_devi import water_box
 
+from conftest import tiny_model
 from shallow_ensembles.cli import main
 from shallow_ensembles.errors import DataError
 from shallow_ensembles.md import read_energies, reweight, run_md
@@ -26,6 +25,7 @@ from shallow_ensembles.md.reweight import (
     rdf,
     read_committee_pot,
 )
+from test_md_model_devi import water_box
 
 TEMPERATURE = 300.0
 BETA = 1.0 / (units.kB * TEMPERATURE)

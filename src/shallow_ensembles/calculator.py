@@ -171,7 +171,11 @@ def attach_uncertainty(atoms: Atoms, forces: bool = True) -> Atoms:
     for key in (K.STRESS_UNCERTAINTY, K.STRESS_ENSEMBLE):
         if key in res:
             atoms.info[key] = np.asarray(res[key])
-    if K.FORCES_UNCERTAINTY in res:
+    if not forces or K.FORCES_UNCERTAINTY not in res:  # drop stale values of an earlier frame
+        for key in (K.FORCES_UNCERTAINTY, K.FORCES_UNCERTAINTY_NORM, K.FORCES_ENSEMBLE):
+            atoms.arrays.pop(key, None)
+        atoms.info.pop(K.MAX_FORCES_UNCERTAINTY, None)
+    if K.FORCES_UNCERTAINTY in res and forces:
         sigma = res[K.FORCES_UNCERTAINTY]
         norm = np.sqrt((sigma**2).sum(axis=1))
         atoms.arrays[K.FORCES_UNCERTAINTY] = sigma

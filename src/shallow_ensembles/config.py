@@ -198,6 +198,9 @@ class TrainConfig:
     """Loss weights."""
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     """Optimiser and run control."""
+    init_model: str | None = None
+    """Start from this trained model file (its architecture replaces ``model``): e.g. add an
+    uncertainty to an existing model with ``protocol: llpr``-like custom stages, or fine-tune."""
     output_dir: str = "runs/train"
     """Folder of the run: checkpoint, log, split, model, plots."""
     calibrate: bool = True

@@ -63,7 +63,7 @@ def short_md(model, atoms, steps: int, temperature_K: float = 300.0) -> None:
     atoms.calc = ShallowEnsembleCalculator(model)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K,
                                  rng=np.random.default_rng(0))
-    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=temperature_K, friction=0.01,
+    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=temperature_K, friction=0.01, fixcm=False,
                    rng=np.random.default_rng(1))
     print(f"{'step':>5} {'E (eV)':>14} {'σ_E (eV)':>9} {'max σ_F (eV/Å)':>15}")
 

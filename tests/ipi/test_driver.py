@@ -11,6 +11,7 @@ import sys
 import ase.io
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import molecule
 from ase.units import Bohr, Hartree
@@ -129,6 +130,40 @@ def test_committee_extras_have_m_lists_equal_to_the_ase_ensemble(driver, files):
                                atol=1e-12)
     np.testing.assert_allclose(np.mean(data["committee_virial"], axis=0), virial.ravel(),
                                atol=1e-12)
+
+
+def test_energy_consistent_members_are_derivatives_of_member_energies(files, tmp_path):
+    """With α_E ≠ α_F, the weighted-baseline members must still satisfy F_m = −∂E_m/∂R."""
+    model = tiny_model(species=(1, 8))
+    model.alpha_energy.fill_(2.0)
+    model.alpha_forces.fill_(0.5)
+    model.alpha_forces_species.copy_(torch.tensor([1.5, 0.8]))
+    save_model(model, tmp_path / "calibrated.pt")
+    driver = ShallowEnsembleDriver(model=str(tmp_path / "calibrated.pt"),
+                                   template=str(files["water"]), energy_consistent_members=True)
+    h, pos = ipi_view(files["atoms"])
+    data = json.loads(driver.compute_structure(h, pos)[3])
+    members = np.array(data["committee_force"]).reshape(len(data["committee_pot"]), -1, 3)
+    step = 1e-4  # bohr, then strain
+    for atom, axis in [(0, 0), (7, 2)]:
+        up, down = pos.copy(), pos.copy()
+        up[atom, axis] += step
+        down[atom, axis] -= step
+        derivative = (np.array(json.loads(driver.compute_structure(h, up)[3])["committee_pot"])
+                      - json.loads(driver.compute_structure(h, down)[3])["committee_pot"])
+        np.testing.assert_allclose(-derivative / (2 * step), members[:, atom, axis], rtol=1e-5,
+                                   atol=1e-9)
+    strained = []
+    for eps in (step, -step):
+        deform = np.eye(3) + eps * np.diag([1.0, 0.0, 0.0])
+        strained.append(json.loads(driver.compute_structure(deform @ h, pos @ deform.T)[3]))
+    plus, minus = (np.array(x["committee_pot"]) for x in strained)
+    virial_xx = -(plus - minus) / (2 * step)
+    np.testing.assert_allclose(virial_xx, np.array(data["committee_virial"])[:, 0], rtol=1e-5)
+    default = ShallowEnsembleDriver(model=str(tmp_path / "calibrated.pt"),
+                                    template=str(files["water"]))
+    calibrated = np.array(json.loads(default.compute_structure(h, pos)[3])["committee_force"])
+    assert not np.allclose(calibrated, members.reshape(len(members), -1))  # α_F ≠ α_E here
 
 
 def test_candidates_written_above_levels_only(files, tmp_path):

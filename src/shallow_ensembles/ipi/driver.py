@@ -28,7 +28,11 @@ Extras keys (i-PI's ``<ffcommittee>`` layout; i-PI does not convert extras, so a
 member virials −V·σ_m; ``forces_uncertainty_norm`` (N,) Ha/bohr, per-atom
 ‖σ(F_i)‖ = sqrt(Σ_xyz σ²) (standard deviation, ddof=1, calibrated). i-PI re-exports the last one as
 ``committee_forces_uncertainty_norm``. Members are already calibrated (rescaled about the mean by
-the model's α): keep i-PI's ``<alpha>`` at 1.
+the model's α): keep i-PI's ``<alpha>`` at 1. By default member forces and virials are the
+calibrated force ensemble (α_F); with ``energy_consistent_members`` they are instead the exact
+derivatives of the sent (α_E-calibrated) member energies, F̄ + α_E (F_m − F̄), which i-PI's
+weighted baseline needs: its force term −2 Ē s_b² cov(E_m, F_m) / (s_b² + σ²)² is the gradient
+of the mixing weight only then (the two agree when α_F = α_E).
 
 Candidates: with trust levels set (``energy_per_atom_lo_eV``, ``forces_lo_eV_per_A`` and the
 ``_hi_`` ones, :class:`~shallow_ensembles.thresholds.TrustLevels` semantics), every evaluation
@@ -50,6 +54,7 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
+import torch
 from ase import Atoms
 from ase.units import Bohr, Hartree
 from ipi.pes.dummy import Dummy_driver
@@ -66,6 +71,7 @@ __DRIVER_CLASS__ = "ShallowEnsembleDriver"
 LEVEL_OPTIONS = ("energy_per_atom_lo_eV", "energy_per_atom_hi_eV",
                  "forces_lo_eV_per_A", "forces_hi_eV_per_A")
 OPTIONS = ("model", "template", "device", "dtype", "committee", "member_forces",
+           "energy_consistent_members",
            *LEVEL_OPTIONS, "candidates", "verbose")
 """Every keyword the driver accepts (``-o key=value`` on i-PI's launcher)."""
 
@@ -75,17 +81,47 @@ SOCKETS_PREFIX = "/tmp/ipi_"
 
 @dataclass
 class EvaluationLog:
-    """Per-evaluation uncertainties seen by the driver (one entry per structure i-PI sent)."""
+    """Running statistics of what the driver evaluated, in constant memory (long runs).
 
-    energy_uncertainty: list[float] = field(default_factory=list)
-    """σ_E of the total energy, eV (standard deviation, ddof=1, calibrated)."""
-    max_forces_uncertainty: list[float] = field(default_factory=list)
-    """max_i ‖σ(F_i)‖, eV/Å; empty without member forces."""
+    σ are standard deviations (ddof=1) of the calibrated ensemble: σ_E of the total energy in
+    eV, and the largest per-atom force σ max_i ‖σ(F_i)‖ in eV/Å (only with member forces).
+    """
+
+    n_atoms: int = 0
+    evaluations: int = 0
+    energy_sum: float = 0.0
+    energy_max: float = 0.0
+    force_evaluations: int = 0
+    force_sum: float = 0.0
+    force_max: float = 0.0
     levels: dict[str, int] = field(default_factory=dict)
     """Evaluations per trust level."""
-    finished_s: list[float] = field(default_factory=list)
-    """``time.monotonic()`` at the end of each evaluation, s (steady-state cost per step)."""
-    n_atoms: int = 0
+    steady_start_s: float | None = None
+    """``time.monotonic()`` after the second evaluation (start-up and first step excluded)."""
+    last_s: float | None = None
+
+    def add(self, sigma_energy: float, sigma_forces: float | None, level: str) -> None:
+        """Account for one evaluation (σ_E eV, max per-atom σ_F eV/Å or None, trust level)."""
+        self.evaluations += 1
+        self.energy_sum += sigma_energy
+        self.energy_max = max(self.energy_max, sigma_energy)
+        if sigma_forces is not None:
+            self.force_evaluations += 1
+            self.force_sum += sigma_forces
+            self.force_max = max(self.force_max, sigma_forces)
+        self.levels[level] = self.levels.get(level, 0) + 1
+
+    def finished(self) -> None:
+        """Time stamp the end of an evaluation (after the reply was built)."""
+        self.last_s = time.monotonic()
+        if self.evaluations == 2:
+            self.steady_start_s = self.last_s
+
+    def seconds_per_evaluation(self) -> float | None:
+        """Mean wall time between evaluations after the second one, s (None if too few)."""
+        if self.steady_start_s is None or self.evaluations < 4:
+            return None
+        return (self.last_s - self.steady_start_s) / (self.evaluations - 2)
 
 
 class ShallowEnsembleDriver(Dummy_driver):
@@ -101,6 +137,8 @@ class ShallowEnsembleDriver(Dummy_driver):
         baseline of a weighted-baseline ``<ffcommittee>``)
     member_forces : compute and send member forces and virials (needed by force trust levels and
         by i-PI's weighted baseline); without them i-PI uses the mean forces for every member
+    energy_consistent_members : send member forces and virials that are the derivatives of the
+        sent member energies (module docstring); for weighted-baseline runs
     energy_per_atom_lo_eV, energy_per_atom_hi_eV : σ_E / N levels, eV/atom
     forces_lo_eV_per_A, forces_hi_eV_per_A : max per-atom force σ levels, eV/Å
     candidates : extxyz file receiving non-trusted frames; default ``candidates.extxyz`` when a
@@ -116,18 +154,19 @@ class ShallowEnsembleDriver(Dummy_driver):
     """
 
     def __init__(self, model=None, template=None, *args, device="cpu", dtype=None,
-                 committee=True, member_forces=True, energy_per_atom_lo_eV=None,
-                 energy_per_atom_hi_eV=None, forces_lo_eV_per_A=None, forces_hi_eV_per_A=None,
-                 candidates=None, verbose=False, **kwargs):
+                 committee=True, member_forces=True, energy_consistent_members=False,
+                 energy_per_atom_lo_eV=None, energy_per_atom_hi_eV=None,
+                 forces_lo_eV_per_A=None, forces_hi_eV_per_A=None, candidates=None,
+                 verbose=False, **kwargs):
         self.model_file, self.template_file = model, template
         self.device, self.dtype = device, dtype
         self.committee, self.member_forces = committee, member_forces
+        self.energy_consistent_members = energy_consistent_members
         self.level_values = dict(zip(LEVEL_OPTIONS, (
             energy_per_atom_lo_eV, energy_per_atom_hi_eV, forces_lo_eV_per_A, forces_hi_eV_per_A),
             strict=True))
         self.candidates = candidates
         self.log = EvaluationLog()
-        self.n_evaluations = 0
         self.n_candidates = 0
         self._unknown = (args, kwargs)
         super().__init__(verbose)
@@ -141,10 +180,12 @@ class ShallowEnsembleDriver(Dummy_driver):
         if self.template_file is None:
             raise ConfigError("template", "the driver needs the atomic numbers in i-PI's order: "
                               "pass template=FILE (-o) or --structure FILE, e.g. i-PI's init file")
-        for name in ("committee", "member_forces", "verbose"):
+        for name in ("committee", "member_forces", "energy_consistent_members", "verbose"):
             _check_type(name, getattr(self, name, False), bool, "true or false")
         for name, value in self.level_values.items():
             _check_number(name, value)
+        if self.dtype not in (None, "float32", "float64"):
+            raise ConfigError("dtype", f"expected float32 or float64, got {self.dtype!r}")
         template = _read_template(self.template_file)
         self.numbers = template.numbers.copy()
         self.pbc = template.pbc.copy()
@@ -175,7 +216,7 @@ class ShallowEnsembleDriver(Dummy_driver):
         atoms.get_potential_energy()
         self._record(atoms)
         out = self.to_ipi(atoms, self.calculator.results)
-        self.log.finished_s.append(time.monotonic())
+        self.log.finished()
         return out
 
     def to_ase(self, cell: np.ndarray, pos: np.ndarray) -> Atoms:
@@ -219,14 +260,28 @@ class ShallowEnsembleDriver(Dummy_driver):
             return (*out, "")
         extras = {"committee_pot": (results[K.ENERGY_ENSEMBLE] / Hartree).tolist()}
         if K.FORCES_ENSEMBLE in results:
-            members = results[K.FORCES_ENSEMBLE]
+            members, stress = self._member_derivatives(results)
             extras["committee_force"] = (members * force_unit).reshape(len(members), -1).tolist()
-            stress = results.get(K.STRESS_ENSEMBLE, [None] * len(members))
             extras["committee_virial"] = [(_virial(atoms, s) / Hartree).ravel().tolist()
                                           for s in stress]
             norm = np.sqrt((results[K.FORCES_UNCERTAINTY] ** 2).sum(axis=1))
             extras[K.FORCES_UNCERTAINTY_NORM] = (norm * force_unit).tolist()
         return (*out, json.dumps(extras))
+
+    def _member_derivatives(self, results: dict) -> tuple[np.ndarray, list]:
+        """Member forces (M, N, 3) eV/Å and stresses (M × (6,) or None) to send to i-PI."""
+        forces = results[K.FORCES_ENSEMBLE]
+        stress = results.get(K.STRESS_ENSEMBLE)
+        if self.energy_consistent_members:
+            # undo the force calibration, apply the energy one: F̄ + α_E (F_raw − F̄)
+            model = self.calculator.model
+            alpha_e = float(model.alpha_energy)
+            per_atom = model.force_alphas(torch.as_tensor(self.numbers, device=self.device))
+            ratio = alpha_e / per_atom.detach().cpu().double().numpy()
+            forces = _rescale(forces, ratio[None, :, None])
+            if stress is not None:
+                stress = _rescale(stress, alpha_e / float(model.alpha_forces))
+        return forces, list(stress) if stress is not None else [None] * len(forces)
 
     # --- uncertainty bookkeeping and candidates ----------------------------------------------
     def _record(self, atoms: Atoms) -> None:
@@ -235,16 +290,18 @@ class ShallowEnsembleDriver(Dummy_driver):
         sigma_forces = None
         if K.FORCES_UNCERTAINTY in results:
             sigma_forces = float(np.sqrt((results[K.FORCES_UNCERTAINTY] ** 2).sum(axis=1)).max())
-            self.log.max_forces_uncertainty.append(sigma_forces)
-        self.log.energy_uncertainty.append(sigma_energy)
         level = self.levels.classify(sigma_energy / len(atoms), sigma_forces)
-        self.log.levels[level] = self.log.levels.get(level, 0) + 1
         if level != TRUSTED:
             self._write_candidate(atoms, level)
         if self.verbose:
             print(f"ipi-driver: evaluation {self.n_evaluations}: sigma_E = {sigma_energy:.6g} eV,"
                   f" max sigma_F = {sigma_forces} eV/A, {level}", file=sys.stderr)
-        self.n_evaluations += 1
+        self.log.add(sigma_energy, sigma_forces, level)
+
+    @property
+    def n_evaluations(self) -> int:
+        """Structures evaluated so far."""
+        return self.log.evaluations
 
     def _write_candidate(self, atoms: Atoms, level: str) -> None:
         attach_uncertainty(atoms, forces=K.FORCES_UNCERTAINTY in self.calculator.results)
@@ -253,6 +310,12 @@ class ShallowEnsembleDriver(Dummy_driver):
         frame.info["ipi_evaluation"] = self.n_evaluations
         ase.io.write(self.candidates, frame, format="extxyz", append=True)
         self.n_candidates += 1
+
+
+def _rescale(members: np.ndarray, factor) -> np.ndarray:
+    """Member deviations from the mean multiplied by ``factor`` (member axis first)."""
+    mean = members.mean(axis=0, keepdims=True)
+    return mean + factor * (members - mean)
 
 
 def _virial(atoms: Atoms, stress) -> np.ndarray:

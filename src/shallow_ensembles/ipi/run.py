@@ -32,7 +32,6 @@ from datetime import datetime
 from pathlib import Path
 
 import ase.io
-import numpy as np
 from ase import Atoms
 
 from shallow_ensembles.errors import ConfigError, DataError, ShallowEnsembleError
@@ -75,20 +74,26 @@ class RunPlan:
 
 @dataclass
 class RunSummary:
-    """What a finished run did, for the CLI summary; σ are standard deviations (ddof=1)."""
+    """What a finished run did, for the CLI summary.
+
+    σ are standard deviations (ddof=1) of the calibrated ensemble over every structure the
+    driver evaluated (each bead counts): σ_E of the total energy (eV) and the largest per-atom
+    force σ max_i ‖σ(F_i)‖ (eV/Å; None without member forces).
+    """
 
     run_dir: Path
     input_xml: Path
     steps: int | None
     """Steps i-PI reports in its final checkpoint (``RESTART``); None when absent."""
     n_atoms: int
-    energy_uncertainty: np.ndarray
-    """σ_E of every evaluated structure (each bead counts), shape (evaluations,), eV."""
-    max_forces_uncertainty: np.ndarray
-    """max_i ‖σ(F_i)‖ per evaluation, shape (evaluations,) or (0,), eV/Å."""
-    seconds_per_evaluation: float | None = None
-    """Mean wall time between consecutive evaluations after the first two (i-PI and driver
-    together: the steady-state cost of one step per bead), s."""
+    evaluations: int
+    energy_uncertainty_mean: float | None
+    energy_uncertainty_max: float | None
+    max_forces_uncertainty_mean: float | None
+    max_forces_uncertainty_max: float | None
+    seconds_per_evaluation: float | None
+    """Mean wall time between evaluations after the second (i-PI and driver together: the
+    steady-state cost of one step per bead), s."""
     levels: dict[str, int] = field(default_factory=dict)
     candidates: Path | None = None
     n_candidates: int = 0
@@ -97,19 +102,19 @@ class RunSummary:
 
     def format(self) -> str:
         """A few lines of text for the terminal."""
-        sig_e, sig_f = self.energy_uncertainty, self.max_forces_uncertainty
-        lines = [f"i-PI run in {self.run_dir}: {self.steps if self.steps is not None else '?'} "
-                 f"steps, {sig_e.size} structures evaluated ({self.n_atoms} atoms)"]
+        steps = self.steps if self.steps is not None else "?"
+        lines = [f"i-PI run in {self.run_dir}: {steps} steps, {self.evaluations} structures "
+                 f"evaluated ({self.n_atoms} atoms)"]
         if self.seconds_per_evaluation is not None:
             lines.append(f"{1e3 * self.seconds_per_evaluation:.4g} ms per evaluation "
                          "(steady state, i-PI and driver)")
-        if sig_e.size:
-            lines.append(f"committee sigma_E: mean {sig_e.mean():.4g} eV "
-                         f"({sig_e.mean() / self.n_atoms:.4g} eV/atom), max {sig_e.max():.4g} eV "
-                         f"({sig_e.max() / self.n_atoms:.4g} eV/atom)")
-        if sig_f.size:
-            lines.append(f"max per-atom sigma_F: mean {sig_f.mean():.4g} eV/A, "
-                         f"max {sig_f.max():.4g} eV/A")
+        if self.energy_uncertainty_mean is not None:
+            mean, top, n = self.energy_uncertainty_mean, self.energy_uncertainty_max, self.n_atoms
+            lines.append(f"committee sigma_E: mean {mean:.4g} eV ({mean / n:.4g} eV/atom), "
+                         f"max {top:.4g} eV ({top / n:.4g} eV/atom)")
+        if self.max_forces_uncertainty_mean is not None:
+            lines.append(f"max per-atom sigma_F: mean {self.max_forces_uncertainty_mean:.4g} "
+                         f"eV/A, max {self.max_forces_uncertainty_max:.4g} eV/A")
         if self.candidates is not None:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(self.levels.items()))
             lines.append(f"driver trust levels: {counts}; {self.n_candidates} candidates in "
@@ -293,7 +298,7 @@ def _free_port() -> int:
 # --- drivers, i-PI process and waiting -----------------------------------------------------------
 def _make_drivers(plan: RunPlan, model, baseline_model, options: dict) -> list:
     """One driver per socket, built (and validated) before i-PI starts."""
-    for key in ("model", "template", "committee"):
+    for key in ("model", "template", "committee", "energy_consistent_members"):
         if key in options:
             raise ConfigError(f"driver_options.{key}", "set by ipi run itself")
     if options.get("candidates") is not None:
@@ -309,8 +314,9 @@ def _make_drivers(plan: RunPlan, model, baseline_model, options: dict) -> list:
             driver = ShallowEnsembleDriver(model=str(baseline_model), template=str(plan.template),
                                            committee=False, member_forces=False)
         else:
+            consistent = any(p.baseline for p in plan.sockets)  # see the driver's docstring
             driver = ShallowEnsembleDriver(model=str(model), template=str(plan.template),
-                                           **options)
+                                           energy_consistent_members=consistent, **options)
         drivers.append(driver)
     return drivers
 
@@ -409,24 +415,21 @@ def _tail(path: Path, lines: int = 15) -> str:
 # --- summary -----------------------------------------------------------------------------------
 def _summarize(plan: RunPlan, drivers: list) -> RunSummary:
     main = next(d for d, s in zip(drivers, plan.sockets, strict=True) if not s.baseline)
+    log = main.log
     n_active = 0
     if plan.active_output is not None and plan.active_output.is_file():
         n_active = len(read_active_output(plan.active_output))
+    energy = (log.energy_sum / log.evaluations, log.energy_max) if log.evaluations else (None,) * 2
+    forces = ((log.force_sum / log.force_evaluations, log.force_max) if log.force_evaluations
+              else (None, None))
     return RunSummary(
         run_dir=plan.run_dir, input_xml=plan.input_xml, steps=_final_step(plan.run_dir),
-        n_atoms=main.log.n_atoms,
-        energy_uncertainty=np.asarray(main.log.energy_uncertainty, dtype=float),
-        max_forces_uncertainty=np.asarray(main.log.max_forces_uncertainty, dtype=float),
-        seconds_per_evaluation=_steady_interval(main.log.finished_s), levels=dict(main.log.levels),
+        n_atoms=log.n_atoms, evaluations=log.evaluations, energy_uncertainty_mean=energy[0],
+        energy_uncertainty_max=energy[1], max_forces_uncertainty_mean=forces[0],
+        max_forces_uncertainty_max=forces[1],
+        seconds_per_evaluation=log.seconds_per_evaluation(), levels=dict(log.levels),
         candidates=Path(main.candidates) if main.candidates else None,
         n_candidates=main.n_candidates, active_output=plan.active_output, n_active=n_active)
-
-
-def _steady_interval(finished_s: list[float]) -> float | None:
-    """Mean interval between evaluations, skipping the first two (start-up, first step)."""
-    if len(finished_s) < 4:
-        return None
-    return float(np.mean(np.diff(finished_s[2:])))
 
 
 def _final_step(run_dir: Path) -> int | None:

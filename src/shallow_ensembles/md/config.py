@@ -58,16 +58,16 @@ _NEEDS: dict[str, set[str]] = {
 class DynamicsConfig:
     """The ASE integrator, selected by ``kind``; options a kind does not use must stay null.
 
-    ============================  ==================================================  =======
-    kind                          ASE class                                           needs
-    ============================  ==================================================  =======
-    ``velocity_verlet``           ``VelocityVerlet`` (NVE)                            --
-    ``langevin``                  ``Langevin(fixcm=False)`` (NVT)                     T, friction
-    ``bussi``                     ``Bussi`` (NVT, stochastic velocity rescaling)      T, tdamp
-    ``nose_hoover_chain``         ``NoseHooverChainNVT``                              T, tdamp
-    ``isotropic_mtk_npt``         ``IsotropicMTKNPT``                                 T, tdamp, P, pdamp
-    ``langevin_baoab``            ``LangevinBAOAB`` (NVT; NPT with ``pressure_bar``)  T, tdamp
-    ============================  ==================================================  =======
+    =====================  ==============================================  ==================
+    kind                   ASE class                                       needs
+    =====================  ==============================================  ==================
+    velocity_verlet        VelocityVerlet (NVE)                            --
+    langevin               Langevin(fixcm=False) (NVT)                     T, friction
+    bussi                  Bussi (NVT, stochastic velocity rescaling)      T, tdamp
+    nose_hoover_chain      NoseHooverChainNVT                              T, tdamp
+    isotropic_mtk_npt      IsotropicMTKNPT                                 T, tdamp, P, pdamp
+    langevin_baoab         LangevinBAOAB (NVT; NPT with pressure_bar)      T, tdamp
+    =====================  ==============================================  ==================
     """
 
     kind: DynamicsKind = "velocity_verlet"
@@ -243,6 +243,9 @@ class LoggingConfig:
     trajectory_interval: int = 10
     """Append a frame to trajectory.extxyz (σ and energy_ensemble in its info) and a row to
     committee_energies.dat every k steps; 0: neither."""
+    trajectory_member_forces: bool = False
+    """Also keep the member forces (forces_ensemble, N × 3M per frame) in trajectory.extxyz;
+    σ_F per atom is always kept. Saved candidate frames always carry them."""
     model_devi: bool = False
     """Write DeePMD's model_devi.out (ddof=0 deviations) on steps with member forces."""
     plot: bool = True
@@ -269,7 +272,9 @@ class MDConfig:
     monitor: MonitorConfig = MonitorConfig()
     """What is measured and how often."""
     actions: tuple[ActionConfig, ...] = ()
-    """Actions per level, e.g. [{kind: save, level: candidate}, {kind: stop, level: failed}]."""
+    """Actions, each {kind: log|save|stop|rollback|callback, level: candidate|failed,
+    patience_steps: 1, min_spacing_steps: 0, include_worse: true, filename: null, callback: null},
+    e.g. [{kind: save, include_worse: false}, {kind: stop, level: failed}]."""
     guard: GuardConfig = GuardConfig()
     """Stops on NaN/inf, huge forces and close contacts."""
     logging: LoggingConfig = LoggingConfig()

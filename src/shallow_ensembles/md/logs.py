@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 MODEL_DEVI_COLUMNS = ("step", "max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f",
                       "min_devi_f", "avg_devi_f", "devi_e")
 # LAMMPS' pair deepmd and deepmd.infer.model_devi.write_model_devi_out both produce this header.
-MODEL_DEVI_HEADER = "#" + " " + "%10s" % "step" + "".join("%19s" % c for c in MODEL_DEVI_COLUMNS[1:])
+MODEL_DEVI_HEADER = "# " + f"{'step':>10}" + "".join(f"{c:>19}" for c in MODEL_DEVI_COLUMNS[1:])
 
 
 def ddof0_factor(n_members: int) -> float:
@@ -164,7 +164,8 @@ class ModelDeviLog(_FileSink):
         row = model_devi_row(record.step, res[K.ENERGY_ENSEMBLE], res[K.FORCES_ENSEMBLE],
                              stress, atoms.get_volume() if stress is not None else None)
         handle = self._open()
-        handle.write("%12d" % row[0] + "".join("%19.6e" % v for v in row[1:]) + "\n")
+        # DeePMD's np.savetxt formats: "%12d" then "%19.6e"
+        handle.write(f"{int(row[0]):12d}" + "".join(f"{v:19.6e}" for v in row[1:]) + "\n")
         handle.flush()
 
 
@@ -172,10 +173,12 @@ class TrajectoryLog(_FileSink):
     """``trajectory.extxyz`` (mean energy and forces, σ and ``energy_ensemble`` per frame) and
     ``committee_energies.dat`` (frames × M member energies, eV), every ``interval`` steps."""
 
-    def __init__(self, path: str | Path, energies_path: str | Path, interval: int):
+    def __init__(self, path: str | Path, energies_path: str | Path, interval: int,
+                 member_forces: bool = False):
         super().__init__(path)
         self.energies_path = Path(energies_path)
         self.interval = interval
+        self.member_forces = member_forces
         self._energies = None
 
     def __call__(self, atoms: Atoms, record: StepRecord) -> None:
@@ -183,7 +186,13 @@ class TrajectoryLog(_FileSink):
         if record.step % self.interval:
             return
         handle = self._open()
-        ase.io.write(handle, atoms, format="extxyz")
+        # (N, 3M) per frame dominates the file size: left out unless asked for
+        dropped = None if self.member_forces else atoms.arrays.pop(K.FORCES_ENSEMBLE, None)
+        try:
+            ase.io.write(handle, atoms, format="extxyz")
+        finally:
+            if dropped is not None:
+                atoms.arrays[K.FORCES_ENSEMBLE] = dropped
         handle.flush()
         ensemble = np.asarray(atoms.calc.results[K.ENERGY_ENSEMBLE], dtype=float)
         if self._energies is None:

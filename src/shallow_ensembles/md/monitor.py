@@ -3,15 +3,15 @@
 Quantities (standard deviations with ddof=1 of the calibrated ensemble, see
 ``shallow_ensembles.conventions``):
 
-=====================================  =======  =====================================================
-quantity                               unit     definition
-=====================================  =======  =====================================================
-``energy_uncertainty_per_atom``        eV/atom  σ_E / N, every step (free: one forward pass gives it)
-``max_forces_uncertainty``             eV/Å     max_i ‖σ(F_i)‖, ‖σ(F_i)‖ = sqrt(Σ_xyz σ²) (DeePMD's
-                                                ``max_devi_f`` definition, but ddof=1), every
-                                                ``force_interval`` steps (needs member forces)
-``max_relative_forces_uncertainty``    --       max_i ‖σ(F_i)‖ / (‖F̄_i‖ + ε), with the force σ
-=====================================  =======  =====================================================
+===================================  =======  ==================================================
+quantity                             unit     definition
+===================================  =======  ==================================================
+energy_uncertainty_per_atom          eV/atom  σ_E / N, every step (free with the forward pass)
+max_forces_uncertainty               eV/Å     max_i ‖σ(F_i)‖, ‖σ(F_i)‖ = sqrt(Σ_xyz σ²) (DeePMD's
+                                              max_devi_f definition, but ddof=1), every
+                                              force_interval steps (needs member forces)
+max_relative_forces_uncertainty      --       max_i ‖σ(F_i)‖ / (‖F̄_i‖ + ε), with the force σ
+===================================  =======  ==================================================
 
 Levels follow DP-GEN: trusted < lo ≤ candidate < hi ≤ failed; a frame's level is the worst over
 its quantities (:class:`~shallow_ensembles.thresholds.TrustLevels`). On a step without member
@@ -214,7 +214,7 @@ class UncertaintyMonitor:
     def _step(self) -> int:
         return int(self.dynamics.nsteps) if self.dynamics is not None else self._calls - 1
 
-    def _time_fs(self, step: int) -> float:
+    def _time_fs(self) -> float:
         if self.dynamics is None:
             return float("nan")
         return float(self.dynamics.get_time() / units.fs)
@@ -262,7 +262,7 @@ class UncertaintyMonitor:
             level = _worst(level, self._relative_levels.classify(None, relative))
         epot = float(atoms.get_potential_energy())
         ekin = float(atoms.get_kinetic_energy())
-        time_fs = self._time_fs(step)
+        time_fs = self._time_fs()
         temperature = float(atoms.get_temperature()) if len(atoms) else 0.0
         target = self.target_temperature(step) if self.target_temperature else None
         atoms.info.update({STEP_KEY: step, TIME_KEY: time_fs, LEVEL_KEY: level,

@@ -197,7 +197,7 @@ def rdf(frames: Sequence[Atoms], rmax_A: float, nbins: int,
     return 0.5 * (edges[1:] + edges[:-1]), g
 
 
-# --- readers ---------------------------------------------------------------------------------------
+# --- readers -------------------------------------------------------------------------------
 def read_energies(path: str | Path, unit: Literal["auto", "eV", "Ha"] = "auto",
                   ) -> tuple[np.ndarray, list[Atoms] | None]:
     """Member energies per frame from an MD output, in eV.

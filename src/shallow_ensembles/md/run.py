@@ -142,7 +142,8 @@ def run_md(atoms: Atoms, calculator_or_model: BaseCalculator | ShallowEnsemble |
                             target_temperature=target is not None)]
     if log.trajectory_interval:
         sinks.append(TrajectoryLog(output / FILES["trajectory"],
-                                   output / FILES["committee_energies"], log.trajectory_interval))
+                                   output / FILES["committee_energies"], log.trajectory_interval,
+                                   member_forces=log.trajectory_member_forces))
     if log.model_devi:
         sinks.append(ModelDeviLog(output / FILES["model_devi"], log.interval))
     monitor = UncertaintyMonitor(atoms, config.levels, config.actions, settings=config.monitor,

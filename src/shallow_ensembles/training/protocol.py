@@ -19,7 +19,8 @@ import yaml
 from ..config import DataConfig, TrainConfig, to_dict, TRAINED_STAGES
 from ..data import Batch, collate, fit_composition_baseline, graphs_from_atoms, read_structures
 from ..data.split import load_split, make_split, save_split
-from ..model import ShallowEnsemble, save_model
+from ..data.io import check_elements
+from ..model import ShallowEnsemble, load_model, save_model
 from ..model.io import file_sha256
 from . import init as heads
 from .trainer import Trainer, atomic_torch_save, distributed_info
@@ -103,9 +104,15 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
     data = load_datasets(config.data, run_dir if rank == 0 else None)
     species = sorted({int(z) for a in data.train + data.validation for z in a.numbers})
     cutoff = config.model.cutoff_A
+    if config.init_model:
+        cutoff = load_model(config.init_model).cutoff
     train_graphs = graphs_from_atoms(data.train, cutoff)
     val_graphs = graphs_from_atoms(data.validation, cutoff)
-    model = build_model(config, train_graphs, species)
+    if config.init_model:
+        model = load_model(config.init_model)
+        check_elements(species, model.species, file=config.data.train_file)
+    else:
+        model = build_model(config, train_graphs, species)
     device = "cuda" if config.training.device == "cuda" or (
         config.training.device == "auto" and torch.cuda.is_available()) else "cpu"
     model = model.to(device)
@@ -126,7 +133,7 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
     if config.calibrate and config.model.n_members > 1:
         calibrate(model, val_graphs)
     if rank == 0:
-        provenance = {"protocol": config.protocol,
+        provenance = {"protocol": config.protocol, "init_model": config.init_model,
                       "stages": [s.kind for s in config.resolved_stages()],
                       "data_file": str(config.data.train_file),
                       "data_sha256": file_sha256(config.data.train_file),

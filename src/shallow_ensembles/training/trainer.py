@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import StageConfig, TrainConfig
+from ..data.baseline import fit_composition_baseline
 from ..data.batch import Graph, collate
 from ..model import ShallowEnsemble
 from .objectives import rescale_spread, stage_loss
@@ -193,6 +194,27 @@ class Trainer:
             self.model.load_state_dict(best_model)
         for p in self.model.parameters():
             p.requires_grad_(True)
+        self.recentre_baseline()
+
+    @torch.no_grad()
+    def recentre_baseline(self) -> None:
+        """Refit the per-element energy shifts μ_Z to the training residuals (least squares).
+
+        Forces and member spreads do not depend on μ_Z; NLL stages constrain the mean energy
+        only up to σ_E, and a uniform offset (every frame of the same composition) can drift.
+        """
+        residuals, numbers = [], []
+        for start in range(0, len(self.train), self.cfg.batch_size):
+            graphs = self.train[start:start + self.cfg.batch_size]
+            batch = collate(graphs, dtype=self.model.dtype).to(self.device)
+            atom_energies = self.model(batch)
+            totals = atom_energies.new_zeros(batch.n_structures, atom_energies.shape[1])
+            totals = totals.index_add(0, batch.structure, atom_energies).mean(1)
+            residuals += (batch.energy - totals).tolist()
+            numbers += [g.numbers for g in graphs]
+        shift = fit_composition_baseline(numbers, residuals, self.model.species)
+        self.model.composition += torch.as_tensor(shift, dtype=self.model.composition.dtype,
+                                                  device=self.model.composition.device)
 
     def _epoch(self, stage_index, stage, module, optimizer, progress) -> dict:
         start = time.perf_counter()
