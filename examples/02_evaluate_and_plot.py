@@ -15,7 +15,8 @@ SMOKE = os.environ.get("SHALLOW_ENSEMBLES_SMOKE") == "1"
 output = Path(os.environ.get("EXAMPLE_OUTPUT", "runs/example_evaluation"))
 
 model = load_model(HERE.parent / "models" / "water_two_step.pt")
-frames = read_structures(HERE / "data" / "water_64H2O_60frames.extxyz", index=":2" if SMOKE else ":")
+frames = read_structures(HERE / "data" / "water_64H2O_60frames.extxyz",
+                         index=":2" if SMOKE else ":")
 metrics = evaluate(model, graphs_from_atoms(frames, model.cutoff), output)
 forces = metrics["calibrated"]["forces"]
 print(f"forces: RMSE {forces['rmse']:.3f} eV/Å, RLL {forces['rll']:.1f} %, "

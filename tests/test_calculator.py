@@ -99,7 +99,8 @@ def test_calibration_rescales_members_about_the_mean(ethanol_frames):
 def test_unknown_element_names_element_and_species(calc):
     atoms = molecule("CH3Cl")
     atoms.calc = calc
-    with pytest.raises(ElementError, match=r"element Cl is not in this model's elements \[H, C, O\]"):
+    message = r"element Cl is not in this model's elements \[H, C, O\]"
+    with pytest.raises(ElementError, match=message):
         atoms.get_potential_energy()
 
 

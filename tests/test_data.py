@@ -11,8 +11,14 @@ from ase.io import write
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from shallow_ensembles import conventions as K
-from shallow_ensembles.data import (Batch, fit_composition_baseline, load_split, make_split,
-                                    read_structures, save_split)
+from shallow_ensembles.data import (
+    Batch,
+    fit_composition_baseline,
+    load_split,
+    make_split,
+    read_structures,
+    save_split,
+)
 from shallow_ensembles.data.neighbors import neighbor_list
 from shallow_ensembles.errors import DataError, ElementError
 
@@ -111,8 +117,8 @@ def test_neighbor_list_matches_ase(name, cutoff):
     i, j, shifts = neighbor_list(atoms, cutoff)
     assert i.dtype == np.int64 and shifts.dtype == np.int64
     ai, aj, aS = ase_neighbor_list("ijS", atoms, cutoff)
-    ours = sorted(zip(i.tolist(), j.tolist(), map(tuple, shifts.tolist())))
-    theirs = sorted(zip(ai.tolist(), aj.tolist(), map(tuple, aS.tolist())))
+    ours = sorted(zip(i.tolist(), j.tolist(), map(tuple, shifts.tolist()), strict=True))
+    theirs = sorted(zip(ai.tolist(), aj.tolist(), map(tuple, aS.tolist()), strict=True))
     assert ours == theirs, name
     batch = Batch.from_atoms(atoms, cutoff)
     d = batch.edge_vectors().norm(dim=1).numpy()

@@ -33,7 +33,7 @@ def test_llpr_mean_is_map_and_covariance_converges():
 def test_llpr_heads_keep_the_map_prediction(ethanol_frames):
     model = tiny_model(n_members=6, frames=ethanol_frames[:5])
     graphs = graphs_from_atoms(ethanol_frames[:20], model.cutoff)
-    for g, a in zip(graphs, ethanol_frames[:20]):
+    for g, a in zip(graphs, ethanol_frames[:20], strict=True):
         g.energy, g.forces = a.get_potential_energy(), a.get_forces()
     with torch.no_grad():
         model.composition.fill_(float(np.mean([g.energy for g in graphs])) / 9)
@@ -70,7 +70,7 @@ def test_alpha_is_one_on_data_from_the_model(ethanol_frames):
 def test_calibration_lowers_held_out_nll(ethanol_frames):
     model = tiny_model(frames=ethanol_frames[:5])
     graphs = graphs_from_atoms(ethanol_frames, model.cutoff)
-    for g, a in zip(graphs, ethanol_frames):
+    for g, a in zip(graphs, ethanol_frames, strict=True):
         g.energy, g.forces = a.get_potential_energy(), a.get_forces()
     with torch.no_grad():
         model.composition.fill_(float(np.mean([g.energy for g in graphs])) / 9)

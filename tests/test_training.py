@@ -5,9 +5,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -90,9 +88,9 @@ def test_ddp_two_processes_match_one(tmp_path):
 
 
 def test_two_step_improves_force_rll_over_stage_one(tmp_path):
+    from shallow_ensembles.calibration import predict_dataset
     from shallow_ensembles.data import graphs_from_atoms
     from shallow_ensembles.evaluation import compute_metrics
-    from shallow_ensembles.calibration import predict_dataset
     from shallow_ensembles.training import load_datasets
 
     stage1 = write_config(tmp_path, "stage1", protocol="llpr",

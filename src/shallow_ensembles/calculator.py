@@ -16,7 +16,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from . import conventions as K
-from .data.batch import Batch, collate, Graph
+from .data.batch import Batch, Graph, collate
 from .data.io import check_elements
 from .errors import DataError
 from .model import ShallowEnsemble, load_model

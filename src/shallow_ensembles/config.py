@@ -410,7 +410,8 @@ def load_yaml(path: str | Path, overrides: typing.Sequence[str] = ()) -> dict:
     except yaml.YAMLError as err:
         raise ConfigError(str(path), f"not valid YAML: {err}") from err
     if not isinstance(data, dict):
-        raise ConfigError(str(path), f"expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(str(path),
+                          f"expected a mapping at the top level, got {type(data).__name__}")
     for text in overrides:
         keys, value = parse_override(text)
         node = data

@@ -31,9 +31,9 @@ class TrustLevels:
     """Max per-atom force σ at and above which a frame has failed, eV/Å."""
 
     def __post_init__(self):
-        for name in ("energy_per_atom", "forces"):
-            lo = getattr(self, f"{name}_lo_eV" if name == "energy_per_atom" else f"{name}_lo_eV_per_A")
-            hi = getattr(self, f"{name}_hi_eV" if name == "energy_per_atom" else f"{name}_hi_eV_per_A")
+        pairs = {"energy_per_atom": (self.energy_per_atom_lo_eV, self.energy_per_atom_hi_eV),
+                 "forces": (self.forces_lo_eV_per_A, self.forces_hi_eV_per_A)}
+        for name, (lo, hi) in pairs.items():
             if lo is not None and hi is not None and hi < lo:
                 raise ConfigError(f"levels.{name}", f"hi ({hi}) must not be below lo ({lo})")
 

@@ -158,7 +158,8 @@ class PowerSpectrumBackbone(nn.Module):
         # per (neighbour species, radial function, l) inverse RMS of the density, set from data
         self.register_buffer("density_scale", torch.ones(n_species, n_radial, l_max + 1))
         self.mixing = nn.Parameter(
-            torch.randn(l_max + 1, n_species * n_radial, n_channels) / math.sqrt(n_species * n_radial)
+            torch.randn(l_max + 1, n_species * n_radial, n_channels)
+            / math.sqrt(n_species * n_radial)
         )
         n_in = (l_max + 1) * n_channels**2 + n_channels
         self.n_in = n_in
@@ -278,7 +279,8 @@ class PowerSpectrumBackbone(nn.Module):
         basis = self.edge_basis(edge_vectors)
         dens = basis.new_zeros(n_atoms * n_species, self.n_radial, basis.shape[-1])
         dens = dens.index_add(0, self.slot_index(batch), basis)
-        return dens.view(n_atoms, n_species, self.n_radial, -1) * self.density_scale[..., self.l_of_y]
+        scale = self.density_scale[..., self.l_of_y]
+        return dens.view(n_atoms, n_species, self.n_radial, -1) * scale
 
     # --- the learnable part, atom-wise -----------------------------------------------------------
     def readout(self, density: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,7 @@ class ShallowEnsemble(nn.Module):
         """Member atomic energies e_im, (N, M), eV."""
         return self.heads(self.last_layer_features(batch, edge_vectors), batch.numbers)
 
-    # --- derived outputs ---------------------------------------------------------------------------
+    # --- derived outputs ---------------------------------------------------------------------
     def predict(self, batch: Batch, *, forces: bool = True, stress: bool = False,
                 member_forces: bool = False, create_graph: bool = False,
                 method: str = "auto", calibrated: bool = False) -> dict[str, torch.Tensor]:

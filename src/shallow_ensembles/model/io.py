@@ -59,7 +59,7 @@ def save_model(model: ShallowEnsemble, path: str | Path, provenance: dict | None
                         "alpha_forces": float(model.alpha_forces),
                         "alpha_forces_per_element": {
                             int(z): float(a) for z, a in
-                            zip(model.species, model.alpha_forces_species.tolist())}},
+                            zip(model.species, model.alpha_forces_species.tolist(), strict=True)}},
         "provenance": prov,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }

@@ -58,7 +58,8 @@ def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
         total = total + cfg.stress_weight * stress_term
         parts["stress"] = float(stress_term.detach())
     n = batch.n_atoms.to(members.dtype)
-    parts["rmse_e_per_atom"] = float(((out["energy"].detach() - batch.energy) / n).pow(2).mean().sqrt())
+    error = (out["energy"].detach() - batch.energy) / n
+    parts["rmse_e_per_atom"] = float(error.pow(2).mean().sqrt())
     parts["rmse_f"] = float((mean_forces.detach() - batch.forces).pow(2).mean().sqrt())
     return total, parts
 

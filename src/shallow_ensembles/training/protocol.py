@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from ..config import DataConfig, TrainConfig, to_dict, TRAINED_STAGES
-from ..data import Batch, collate, fit_composition_baseline, graphs_from_atoms, read_structures
-from ..data.split import load_split, make_split, save_split
+from ..config import TRAINED_STAGES, DataConfig, TrainConfig, to_dict
+from ..data import collate, fit_composition_baseline, graphs_from_atoms, read_structures
 from ..data.io import check_elements
+from ..data.split import load_split, make_split, save_split
 from ..model import ShallowEnsemble, load_model, save_model
 from ..model.io import file_sha256
 from . import init as heads
-from .trainer import Trainer, atomic_torch_save, distributed_info
+from .trainer import Trainer, distributed_info
 
 LOG = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ from ..data.batch import Graph, collate
 from ..model import ShallowEnsemble
 from .objectives import rescale_spread, stage_loss
 
-
 LOG = logging.getLogger(__name__)
 
 
