@@ -29,7 +29,7 @@ from torch import nn
 
 from ..conventions import DDOF
 from ..data.batch import Batch
-from .backbone import PowerSpectrumBackbone
+from .backbone import PowerSpectrumBackbone, silu_derivative
 
 VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])
 
@@ -174,17 +174,17 @@ class ShallowEnsemble(nn.Module):
         return scaled.new_zeros(batch.n_structures, scaled.shape[1]).index_add(
             0, batch.structure, scaled)
 
-    def _rows(self, features: torch.Tensor, batch: Batch):
-        """Scalar outputs whose gradients give the member forces, and the matrix mapping them.
+    def _row_basis(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows whose position gradients give the member forces, and how to mix them.
 
-        Returns (rows, mix): rows (K, S) with K = min(M, d); member derivative = mixᵀ · row
-        derivative, mix (K, M). With K = d the rows are G's components and mix = Wᵀ.
+        Returns (basis (K, d), mix (K, M) or None) with K = min(M, d): row k is
+        r_k = Σ_i s_Z basis_k · g_i. With K = d the rows are G's components and the member
+        derivatives are mixᵀ · row derivatives (mix = Wᵀ); with K = M they are the members.
         """
-        structure_sums = self._structure_sums(features, batch)  # (S, d)
+        weight = self.head.weight
         if self.n_last < self.n_members:
-            return structure_sums.T, self.head.weight.T
-        energies = structure_sums @ self.head.weight.T  # (S, M), constants dropped
-        return energies.T, None
+            return torch.eye(self.n_last, dtype=weight.dtype, device=weight.device), weight.T
+        return weight, None
 
     def _member_forces_autograd(self, batch, stress, create_graph, jacobian):
         positions = batch.positions.detach().requires_grad_(True)
@@ -195,11 +195,8 @@ class ShallowEnsemble(nn.Module):
             positions = positions + torch.einsum("nk,nkl->nl", positions, sym[batch.structure])
             cell = cell + torch.bmm(cell, sym)
         features = self.last_layer_features(batch, batch.edge_vectors(positions, cell))
-        if jacobian:
-            rows, mix = self._rows(features, batch)
-        else:
-            rows = (self._structure_sums(features, batch) @ self.head.weight.T).T
-            mix = None
+        basis, mix = self._row_basis() if jacobian else (self.head.weight, None)
+        rows = (self._structure_sums(features, batch) @ basis.T).T
         inputs = [positions] if strain is None else [positions, strain]
         grads = [torch.autograd.grad(row.sum(), inputs, retain_graph=True,
                                      create_graph=create_graph) for row in rows]
@@ -211,36 +208,44 @@ class ShallowEnsemble(nn.Module):
         return out
 
     def _member_forces_explicit(self, batch, stress, create_graph):
-        d_pos, virial, mix = self.explicit_row_gradients(
-            batch, lambda feats: self._rows(feats, batch), stress, create_graph)
+        basis, mix = self._row_basis()
+        d_pos, virial = self.explicit_row_gradients(batch, basis, stress, create_graph)
         out = {"forces_ensemble": -_mix(d_pos, mix)}
         if stress:
             out["stress_ensemble"] = _stress_from_virial(_mix(virial, mix), batch)
         return out
 
-    def explicit_row_gradients(self, batch: Batch, rows_fn, stress: bool = False,
+    def explicit_row_gradients(self, batch: Batch, basis: torch.Tensor, stress: bool = False,
                                create_graph: bool = False):
-        """Gradients of K scalars per structure with respect to positions (and strain).
+        """Position (and strain) gradients of K rows r_k = Σ_i s_Z basis_k · g_i per structure.
 
-        ``rows_fn(features (N, d)) -> (rows (K, S), mix)``. The K cotangents on the
-        parameter-free density cost K atom-wise backward passes; the pair part is one
-        contraction (:meth:`PowerSpectrumBackbone.pair_gradients`).
+        The cotangents of the K rows on the parameter-free density come from one closed-form
+        batched VJP of the atom-wise readout (:meth:`PowerSpectrumBackbone.readout_vjp`); the
+        pair part is one contraction (:meth:`PowerSpectrumBackbone.pair_gradients`).
+
+        Parameters
+        ----------
+        basis : (K, d)
 
         Returns
         -------
-        d_pos : (K, N, 3), ∂row/∂R; virial : (K, S, 3, 3) ∂row/∂ε or None; mix
+        d_pos : (K, N, 3), ∂r_k/∂R; virial : (K, S, 3, 3), ∂r_k/∂ε, or None
         """
         backbone = self.backbone
         edges = batch.edge_vectors().detach()
-        density = backbone.density(batch, edges).detach().requires_grad_(True)
-        rows, mix = rows_fn(self.bottleneck(backbone.readout(density, batch.numbers)))
-        cotangents = torch.stack([
-            torch.autograd.grad(row.sum(), density, retain_graph=True, create_graph=create_graph)[0]
-            for row in rows
-        ])  # (K, N, Z, B, Y)
+        density = backbone.density(batch, edges).detach()
+        cache: dict = {}
+        features = backbone.readout(density, batch.numbers, cache)
+        scale = self.scale[self.species_index[batch.numbers]]  # (N,)
+        grad = basis[:, None, :] * scale[None, :, None]  # (K, N, d): ∂r_k/∂g_i
+        if not isinstance(self.bottleneck, nn.Identity):
+            linear = self.bottleneck[0]
+            pre = linear(features)
+            grad = (grad * silu_derivative(pre)) @ linear.weight
+        cotangents = backbone.readout_vjp(cache, grad)  # (K, N, Z, B, Y)
         n_rows = cotangents.shape[0]
-        scale = backbone.density_scale[..., backbone.l_of_y]  # (Z, B, Y)
-        cotangents = (cotangents * scale).flatten(1, 2)  # (K, N·Z, B, Y)
+        density_scale = backbone.density_scale[..., backbone.l_of_y]  # (Z, B, Y)
+        cotangents = (cotangents * density_scale).flatten(1, 2)  # (K, N·Z, B, Y)
         d_edges = backbone.pair_gradients(batch, edges, cotangents)  # (K, P, 3)
         n_atoms = batch.numbers.shape[0]
         d_pos = d_edges.new_zeros(n_rows, n_atoms, 3)
@@ -251,7 +256,7 @@ class ShallowEnsemble(nn.Module):
             virial = per_edge.new_zeros(n_rows, batch.n_structures, 3, 3).index_add(
                 1, batch.edge_structure, per_edge)
             virial = 0.5 * (virial + virial.transpose(-1, -2))
-        return d_pos, virial, mix
+        return d_pos, virial
 
     def structure_features(self, batch: Batch) -> torch.Tensor:
         """x_k = [G_k, Σ_i s_Z] / N_k, (S, d+1): the linear model E_m/N = θ_m·x + Σμ/N.

@@ -85,11 +85,8 @@ def llpr_heads(model: ShallowEnsemble, train: Sequence[Graph], validation: Seque
 def _force_rows(model: ShallowEnsemble, graph: Graph) -> torch.Tensor:
     """Rows ∂G/∂R of one structure, (3N, d+1) (the bias column has no force)."""
     batch = collate([graph], dtype=model.dtype)
-
-    def rows_fn(features):
-        return model._structure_sums(features, batch).T, None
-
-    d_pos, _, _ = model.explicit_row_gradients(batch, rows_fn)
+    basis = torch.eye(model.n_last, dtype=model.dtype)
+    d_pos, _ = model.explicit_row_gradients(batch, basis)
     d_pos = d_pos.detach().reshape(d_pos.shape[0], -1).T
     return torch.cat([d_pos, torch.zeros_like(d_pos[:, :1])], dim=1)
 
