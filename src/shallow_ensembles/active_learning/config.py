@@ -18,8 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import (DataConfig, LossConfig, ModelConfig, StageConfig, TrainConfig,
-                      TrainingConfig, from_dict, load_yaml)
+from ..config import (
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    StageConfig,
+    TrainConfig,
+    TrainingConfig,
+    from_dict,
+    load_yaml,
+)
 from ..errors import ConfigError
 from ..md.config import MDConfig, load_md_config
 
