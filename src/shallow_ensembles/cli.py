@@ -18,6 +18,7 @@ VERB_MODULES = (
     "shallow_ensembles.training_cli",
     "shallow_ensembles.md_cli",
     "shallow_ensembles.ipi_cli",
+    "shallow_ensembles.al_cli",
 )
 
 

@@ -20,6 +20,7 @@ from ase.units import Hartree
 from conftest import ROOT, tiny_model
 from shallow_ensembles import ShallowEnsembleCalculator, save_model
 from shallow_ensembles.cli import main
+from shallow_ensembles.errors import ConfigError
 from shallow_ensembles.ipi.outputs import (
     read_active_output,
     read_committee_pot,
@@ -182,6 +183,7 @@ def test_driver_exits_cleanly_when_the_server_vanishes(files, tmp_path):
             deadline = time.monotonic() + TIMEOUT_S
             out = tmp_path / "simulation.out"
             while not (out.is_file() and len(out.read_text().splitlines()) > 8):
+                assert driver.poll() is None, f"driver died: {driver.communicate()[1]}"
                 assert time.monotonic() < deadline and server.poll() is None, "no MD steps"
                 time.sleep(0.1)
             server.kill()
@@ -195,6 +197,26 @@ def test_driver_exits_cleanly_when_the_server_vanishes(files, tmp_path):
             Path("/tmp/ipi_" + address).unlink(missing_ok=True)
     assert driver.returncode == 0, err
     assert "closed the connection" in err and "Traceback" not in err
+
+
+def test_prepare_run_edits_a_copy_with_unique_sockets(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    original = (PROTOCOLS / "weighted_baseline.xml").read_text()
+    plans = [prepare_run(PROTOCOLS / "weighted_baseline.xml", tmp_path / name, steps=7)
+             for name in ("a", "b")]
+    assert (PROTOCOLS / "weighted_baseline.xml").read_text() == original
+    addresses = [s.address for plan in plans for s in plan.sockets]
+    assert len(set(addresses)) == 4  # unique per socket and per run
+    assert [s.baseline for s in plans[0].sockets] == [True, False]
+    root = ET.parse(plans[0].input_xml).getroot()
+    assert root.findtext("total_steps").strip() == "7"
+    assert [e.text.strip() for e in root.iter("address")] == addresses[:2]
+    assert plans[0].template == (PROTOCOLS / "water_64H2O.extxyz").resolve()  # made absolute
+    with pytest.raises(ConfigError, match="parse_json"):
+        bad = protocol_copy("nvt_committee.xml", tmp_path / "bad",
+                            **{"<parse_json> true </parse_json>": ""})
+        prepare_run(bad, tmp_path / "c")
 
 
 @pytest.mark.parametrize("case", ["missing_model", "unknown_element"])

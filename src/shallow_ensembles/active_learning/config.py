@@ -32,6 +32,17 @@ from ..errors import ConfigError
 from ..md.config import MDConfig, load_md_config
 
 
+def _prefixed(prefix: str, build):
+    """Call ``build()``; name ConfigErrors ``prefix.<path>``."""
+    try:
+        return build()
+    except ConfigError as err:
+        if err.path.startswith(prefix):
+            raise
+        message = str(err)[len(err.path) + 2:] if err.path else str(err)
+        raise ConfigError(f"{prefix}.{err.path}" if err.path else prefix, message) from None
+
+
 @dataclass(frozen=True)
 class ALDataConfig:
     """The labelled frames the loop starts from, and the fixed validation and test sets."""
@@ -179,8 +190,9 @@ class FineTuneConfig:
     the calibration (α_E, α_F) is refitted on the validation set at its end."""
 
     stages: tuple[StageConfig, ...] = ()
-    """Training stages; empty: one force-nll stage of 20 epochs at a quarter of
-    ``training.learning_rate``."""
+    """Training stages; empty: the two-step protocol, shortened: mse (60 epochs), llpr heads,
+    force-nll (20 epochs at a quarter of ``training.learning_rate``). A force-nll stage alone
+    is cheaper but fits the new frames' mean energies and forces less well."""
     loss: LossConfig = LossConfig()
     """Loss weights."""
     training: TrainingConfig = TrainingConfig()
@@ -190,8 +202,9 @@ class FineTuneConfig:
         """The stages to run."""
         if self.stages:
             return self.stages
-        return (StageConfig(kind="force-nll", epochs=20,
-                            learning_rate=self.training.learning_rate / 4),)
+        return (StageConfig(kind="mse", epochs=60), StageConfig(kind="llpr"),
+                StageConfig(kind="force-nll", epochs=20,
+                            learning_rate=self.training.learning_rate / 4))
 
     def train_config(self, model: ModelConfig, init_model: str, train_file: str,
                      validation_file: str, output_dir: str) -> TrainConfig:
@@ -279,17 +292,6 @@ class ActiveLearningConfig:
             raise ConfigError("md.actions", "needs a save action (e.g. {kind: save, level: "
                               f"candidate}}) to collect candidates{where}")
         return config
-
-
-def _prefixed(prefix: str, build):
-    """Call ``build()``; name ConfigErrors ``prefix.<path>``."""
-    try:
-        return build()
-    except ConfigError as err:
-        if err.path.startswith(prefix):
-            raise
-        message = str(err)[len(err.path) + 2:] if err.path else str(err)
-        raise ConfigError(f"{prefix}.{err.path}" if err.path else prefix, message) from None
 
 
 def load_al_config(source: ActiveLearningConfig | dict | str | Path,

@@ -160,7 +160,8 @@ def run_ipi(input_xml: str | Path, model: str | Path, *, structure: str | Path |
 def prepare_run(input_xml: str | Path, run_dir: Path, *, structure=None,
                 steps: int | None = None) -> RunPlan:
     """Write the modified copy of ``input_xml`` (and the init structure) into ``run_dir``."""
-    input_xml = Path(input_xml)
+    input_xml, run_dir = Path(input_xml), Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
         tree = ET.parse(input_xml)
     except FileNotFoundError as err:
@@ -179,12 +180,20 @@ def prepare_run(input_xml: str | Path, run_dir: Path, *, structure=None,
 
 
 def _new_run_dir(input_xml, output) -> Path:
-    if output is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        output = Path("runs") / f"ipi-{Path(input_xml).stem}-{stamp}"
-    run_dir = Path(output).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    """``output``, or a new ``runs/ipi-<stem>-<date-time>[-k]`` folder (never an existing one)."""
+    if output is not None:
+        run_dir = Path(output).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    stem = f"ipi-{Path(input_xml).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    for attempt in range(1000):
+        run_dir = (Path("runs") / (stem if attempt == 0 else f"{stem}-{attempt}")).resolve()
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise ConfigError("output", f"could not create a new run folder runs/{stem}-*")
 
 
 def _plan_sockets(root: ET.Element, input_xml: Path) -> list[SocketPlan]:
@@ -218,7 +227,7 @@ def _check_committee(committee: ET.Element, where: str) -> None:
     if (committee.findtext("parse_json") or "false").strip().lower() not in ("true", "1"):
         raise ConfigError(f"{where}: ffcommittee", "set <parse_json>true</parse_json>: one "
                           "client returns all members (without it i-PI's uncertainty is NaN)")
-    alpha = float((committee.findtext("alpha") or "1").strip())
+    alpha = _number(committee, "alpha", 1.0, where)
     if alpha != 1.0:
         warnings.warn(f"{where}: <alpha> {alpha} rescales members that the driver has already "
                       "calibrated with the model's alpha", stacklevel=3)
@@ -274,12 +283,20 @@ def _plain_structure(structure) -> Atoms:
 
 def _active_output(root: ET.Element, run_dir: Path) -> Path | None:
     committee = root.find(".//ffcommittee")
-    if committee is None or float((committee.findtext("active_thresh") or "0").strip()) <= 0:
+    if committee is None or _number(committee, "active_thresh", 0.0, "ffcommittee") <= 0:
         return None
     output = root.find("output")
     prefix = output.get("prefix", "i-pi") if output is not None else "i-pi"
     name = (committee.findtext("active_output") or "active_output").strip()
     return run_dir / f"{prefix}.{name}"
+
+
+def _number(parent: ET.Element, tag: str, default: float, where: str) -> float:
+    text = (parent.findtext(tag) or "").strip()
+    try:
+        return float(text) if text else default
+    except ValueError as err:
+        raise ConfigError(f"{where}: {tag}", f"expected a number, got {text!r}") from err
 
 
 def _set_child(parent: ET.Element, tag: str, text: str) -> None:

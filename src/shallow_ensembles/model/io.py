@@ -67,6 +67,9 @@ def save_model(model: ShallowEnsemble, path: str | Path, provenance: dict | None
     os.close(handle)
     try:
         torch.save(payload, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
