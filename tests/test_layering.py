@@ -90,7 +90,7 @@ def test_optional_heavy_imports_stay_where_allowed():
 
 def test_import_does_not_pull_optional_pieces():
     code = ("import sys, shallow_ensembles; "
-            "bad = [m for m in ('ipi', 'matplotlib', 'shallow_ensembles.plots', "
+            "bad = [m for m in ('torch', 'ipi', 'matplotlib', 'shallow_ensembles.plots', "
             "'shallow_ensembles.training') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

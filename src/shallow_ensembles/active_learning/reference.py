@@ -43,10 +43,14 @@ def make_reference(config: ReferenceConfig) -> BaseCalculator:
     else:
         factory, kwargs = import_object(config.path, "reference.path"), dict(config.kwargs)
     try:
-        return factory(**kwargs)
+        calculator = factory(**kwargs)
     except TypeError as err:
         raise ConfigError("reference.kwargs", f"rejected by {config.path or 'TBLite'}: "
                           f"{err}") from err
+    if not isinstance(calculator, BaseCalculator):
+        raise ConfigError("reference.path", f"{config.path} built a "
+                          f"{type(calculator).__name__}, not an ASE calculator")
+    return calculator
 
 
 def import_object(path: str, key: str):
