@@ -305,7 +305,7 @@ def test_import_reference_errors_name_the_key():
         make_reference(ReferenceConfig(kind="import", path="ase.Atoms"))
 
 
-# --- config ----------------------------------------------------------------------------------------
+# --- config ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("change, message", [
     ({"selection": {"nn": 3}}, "selection.nn: unknown option (did you mean 'n'?)"),
     ({"selection": {"kind": "random"}}, "selection.kind: expected one of"),

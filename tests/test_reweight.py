@@ -21,7 +21,6 @@ from shallow_ensembles.md import read_energies, reweight, run_md
 from shallow_ensembles.md.reweight import (
     ReweightWarning,
     density,
-    parse_committee_pot,
     rdf,
     read_committee_pot,
 )
@@ -181,17 +180,16 @@ def test_reads_ipi_committee_pot_in_hartree(tmp_path):
     np.testing.assert_allclose(energies, energies_ha, rtol=1e-7)
 
 
-def test_committee_pot_reader_is_tolerant():
-    wrapped = (" #EXTRAS(committee_pot)# Step:           1 \n[-1.0, -1.1,\n -1.2]\n"
-               " #EXTRAS(committee_pot)# Step:           2 \n-2.0 -2.1 -2.2\n")
-    np.testing.assert_allclose(parse_committee_pot(wrapped),
-                               [[-1.0, -1.1, -1.2], [-2.0, -2.1, -2.2]])
-    raw = (" #EXTRAS(raw)# Step:           1 \n{'committee_pot': [[1.0, 2.0]], 'x': 'y'}\n"
-           " #EXTRAS(raw)# Step:           2 \n{'committee_pot': [[3.0, 4.0]]}\n")
-    np.testing.assert_allclose(parse_committee_pot(raw), [[1.0, 2.0], [3.0, 4.0]])
-    np.testing.assert_allclose(parse_committee_pot("# pot\n1 2\n3 4\n"), [[1, 2], [3, 4]])
+def test_committee_pot_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.committee_pot_0"
+    bad.write_text(" #EXTRAS(committee_pot)# Step: 1\n-1.0 -1.1\n"
+                   " #EXTRAS(committee_pot)# Step: 2\n-2.0 -2.1 -2.2\n")
+    with pytest.raises(DataError, match="bad.committee_pot_0"):
+        read_committee_pot(bad)
+    table = tmp_path / "energies.dat"
+    table.write_text("1 2\n3 4 5\n")
     with pytest.raises(DataError, match="frame 1"):
-        parse_committee_pot("1 2\n3 4 5\n", "x.dat")
+        read_energies(table)
 
 
 def test_reads_our_run_and_the_cli_prints_the_average(tmp_path, capsys):

@@ -44,7 +44,8 @@ def plot_rounds(rows: Sequence[Mapping], path: str | Path,
     rate = series("candidate_rate")
     ax_rate.plot(rate[:, 0], rate[:, 1], "o-", color="C2")
     if target_rate is not None:
-        ax_rate.axhline(target_rate, color="C3", ls="--", lw=1.0, label=f"stop below {target_rate:g}")
+        ax_rate.axhline(target_rate, color="C3", ls="--", lw=1.0,
+                        label=f"stop below {target_rate:g}")
         ax_rate.legend(loc="upper right", fontsize="small")
     ax_rate.set_ylabel("candidate rate (per MD step)")
     ax_rate.set_title("exploration with the previous model")

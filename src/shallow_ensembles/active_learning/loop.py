@@ -36,19 +36,14 @@ from its checkpoint).
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ase.io
-import numpy as np
 import torch
 import yaml
 from ase import Atoms
@@ -57,13 +52,14 @@ from ..config import ModelConfig, from_dict, to_dict
 from ..data.io import label_frame, read_structures
 from ..errors import ConfigError
 from ..md.config import MDConfig
-from ..md.run import run_md
 from ..model import ShallowEnsemble, load_model
 from ..training import train
 from . import report as rep
 from .config import ActiveLearningConfig, load_al_config
-from .reference import from_reference_keys, label, make_reference
+from .files import atomic_copy, plain, split_off, split_spec, write_frames, write_json
+from .reference import label, make_reference
 from .selection import select as choose
+from .walkers import run_walkers
 
 LOG = logging.getLogger(__name__)
 RESUMABLE_CHANGES = ("stopping", "threads", "plot")
@@ -95,7 +91,7 @@ class ALResult:
         """YAML-safe summary."""
         return {"stop_reason": self.stop_reason, "message": self.message,
                 "rounds_trained": self.rounds_trained, "model_file": str(self.model_file),
-                "files": dict(self.files), "rounds": [_plain(r) for r in self.rows]}
+                "files": dict(self.files), "rounds": [plain(r) for r in self.rows]}
 
 
 def run_active_learning(config: ActiveLearningConfig | dict | str | Path, resume: bool = False,
@@ -225,7 +221,7 @@ class _Run:
         row = {"round": 0, "kind": "initial", "n_train": len(train_set),
                "n_validation": len(validation), **rep.model_metrics(model, self.test),
                "seconds": time.perf_counter() - start}
-        _write_json(d / "report.json", row)
+        write_json(d / "report.json", row)
         LOG.info("round 0: %s", _describe(row))
         return row
 
@@ -267,7 +263,7 @@ class _Run:
             row.update(self.train_round(k, model, model_path, labelled), kind="trained",
                        n_selected=len(selected))
         row["seconds"] = time.perf_counter() - start
-        _write_json(d / "report.json", row)
+        write_json(d / "report.json", row)
         LOG.info("round %d: %s%s", k, _describe(row), f"; stop: {reason}" if reason else "")
         return row, reason
 
@@ -287,29 +283,15 @@ class _Run:
         d = self.round_dir(k)
         if (d / "exploration.json").exists():
             return json.loads((d / "exploration.json").read_text())
-        walkers = self.config.walkers
-        starts = self.start_structures()
-        pool, records = [], []
-        pairs = itertools.product(walkers.temperatures_K, walkers.seeds)
-        for i, (temperature, seed) in enumerate(pairs):
-            name = f"T{temperature:g}K_seed{seed}"
-            start = starts[(i + k) % len(starts)]
-            atoms = Atoms(numbers=start.numbers, positions=start.positions, cell=start.cell,
-                          pbc=start.pbc)
-            protocol = walker_protocol(self.md, temperature, seed + 1000 * k, walkers.steps)
-            result = run_md(atoms, model, protocol, d / "md" / name)
-            frames = collect_candidates(result, name, k)
-            pool += frames
-            records.append({"walker": name, "temperature_K": temperature, "seed": seed + 1000 * k,
-                            "steps_run": result.steps_run, "stop_reason": result.stop_reason,
-                            "n_candidates": len(frames)})
+        pool, records = run_walkers(model, self.md, self.config.walkers,
+                                    self.start_structures(), k, d / "md")
         if pool:
             write_frames(d / "candidates.extxyz", pool, labelled=False)
         steps = sum(r["steps_run"] for r in records)
         summary = {"walkers": records, "md_steps": steps, "n_candidates": len(pool),
                    "candidate_rate": len(pool) / max(steps, 1),
                    "walkers_stopped": sum(r["stop_reason"] != "completed" for r in records)}
-        _write_json(d / "exploration.json", summary)
+        write_json(d / "exploration.json", summary)
         return summary
 
     def start_structures(self) -> list[Atoms]:
@@ -390,93 +372,7 @@ class _Run:
         return load_model(target)
 
 
-# --- pieces ------------------------------------------------------------------------------------
-def walker_protocol(md: MDConfig, temperature_K: float, seed: int, steps: int) -> MDConfig:
-    """``md`` with a walker's temperature, seed and length (thermostat target, or the initial
-    temperature for velocity_verlet)."""
-    dynamics = md.dynamics
-    if dynamics.thermostatted:
-        dynamics = replace(dynamics, temperature_K=float(temperature_K), seed=int(seed))
-    else:
-        dynamics = replace(dynamics, initial_temperature_K=float(temperature_K), seed=int(seed))
-    return replace(md, dynamics=dynamics, steps=int(steps))
-
-
-def collect_candidates(result, walker: str, k: int) -> list[Atoms]:
-    """The frames written by a walker's save actions, tagged with ``al_round`` and
-    ``al_walker``."""
-    frames = []
-    for name, count in result.saved.items():
-        if count:
-            for frame in ase.io.read(result.output_dir / name, ":"):
-                frame.info.update({"al_round": k, "al_walker": walker})
-                frames.append(frame)
-    return frames
-
-
-def split_off(frames: list[Atoms], fraction: float, seed: int,
-              minimum: int = 0) -> tuple[list[Atoms], list[Atoms]]:
-    """(train, validation): a seeded ``fraction`` of ``frames`` (at least ``minimum``) moved to
-    validation."""
-    n_val = min(max(int(round(fraction * len(frames))), minimum), len(frames) - minimum)
-    chosen = set(np.random.default_rng(seed).permutation(len(frames))[:n_val].tolist())
-    return ([f for i, f in enumerate(frames) if i not in chosen],
-            [f for i, f in enumerate(frames) if i in chosen])
-
-
-def split_spec(spec: str) -> tuple[Path, str]:
-    """``file@index`` → (file, ASE index string); a plain file → (file, ``":"``)."""
-    path = Path(spec)
-    if path.exists() or "@" not in spec:
-        return path, ":"
-    file, index = spec.rsplit("@", 1)
-    return Path(file), index
-
-
-def write_frames(path: Path, frames: list[Atoms], labelled: bool = True) -> Path:
-    """Write extxyz atomically; ``labelled`` frames (``REF_*`` keys) get energy and forces as
-    standard extxyz labels."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = [from_reference_keys(f) for f in frames] if labelled else list(frames)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".extxyz")
-    os.close(handle)
-    try:
-        ase.io.write(tmp, out, format="extxyz")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_copy(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` through a temporary file in the target's folder."""
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(handle)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=1))
-    os.replace(tmp, path)
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
+# --- report -----------------------------------------------------------------------------------
 def _describe(row: dict) -> str:
     parts = [f"{row.get('n_train', '-')} train frames"]
     if "candidate_rate" in row:

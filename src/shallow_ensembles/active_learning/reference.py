@@ -20,9 +20,9 @@ LOG = logging.getLogger(__name__)
 XTB_INSTALL = "pip install 'shallow-ensembles[reference]'  (or: pip install tblite)"
 
 # info keys kept on labelled frames (provenance and σ at selection time); the rest is dropped
-PROVENANCE_KEYS = ("al_round", "al_walker", "al_pool_index", "md_step", "md_time_fs", "temperature_K",
-                   "trust_level", K.ENERGY_UNCERTAINTY, K.ENERGY_UNCERTAINTY_PER_ATOM,
-                   K.MAX_FORCES_UNCERTAINTY)
+PROVENANCE_KEYS = ("al_round", "al_walker", "al_pool_index", "md_step", "md_time_fs",
+                   "temperature_K", "trust_level", K.ENERGY_UNCERTAINTY,
+                   K.ENERGY_UNCERTAINTY_PER_ATOM, K.MAX_FORCES_UNCERTAINTY)
 
 
 def make_reference(config: ReferenceConfig) -> BaseCalculator:

@@ -22,8 +22,6 @@ extras files (Hartree, converted to eV).
 
 from __future__ import annotations
 
-import ast
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ import numpy as np
 from ase import Atoms, units
 
 from .. import conventions as K
+from ..data.ipi_outputs import read_committee_pot
 from ..errors import DataError
 
 Method = Literal["direct", "cumulant"]
@@ -238,79 +237,11 @@ def read_energies(path: str | Path, unit: Literal["auto", "eV", "Ha"] = "auto",
             rows.append(np.atleast_1d(np.asarray(atoms.info[K.ENERGY_ENSEMBLE], dtype=float)))
         return _stack(rows, path), frames
     text = path.read_text()
-    ipi = "#EXTRAS" in text.upper().replace(" ", "")
-    if ipi or unit == "Ha":
-        energies = parse_committee_pot(text, path) if ipi else _plain_table(text, path)
-        return (energies * units.Hartree if unit in ("auto", "Ha") else energies), None
-    return _plain_table(text, path), None
-
-
-def read_committee_pot(path: str | Path) -> np.ndarray:
-    """Member energies from an i-PI ``committee_pot`` extras file, shape (T, M), eV.
-
-    i-PI 3.3 writes, per printed step, a header ``#EXTRAS(committee_pot)# Step: n`` and the M
-    member energies (Hartree) on the following line. The reader is tolerant: every number
-    between two headers belongs to one frame (so wrapped lines, brackets and commas are fine),
-    a ``raw`` extras block holding a dictionary is searched for ``committee_pot`` (bead 0), and
-    a file without headers is read as one frame per line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("no such file", file=path)
-    return parse_committee_pot(path.read_text(), path) * units.Hartree
-
-
-_HEADER = re.compile(r"^\s*#")
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eEdD][-+]?\d+)?|[-+]?(?:nan|inf)", re.I)
-
-
-def parse_committee_pot(text: str, source: str | Path = "<text>") -> np.ndarray:
-    """Frames × M numbers (Hartree, unconverted) from the text of a committee_pot file."""
-    lines = text.splitlines()
-    has_headers = any(_HEADER.match(line) and "EXTRAS" in line.upper() for line in lines)
-    blocks: list[str] = []
-    if has_headers:
-        current: list[str] | None = None
-        for line in lines:
-            if _HEADER.match(line):
-                if "EXTRAS" in line.upper():
-                    if current is not None:
-                        blocks.append("\n".join(current))
-                    current = []
-                continue
-            if current is not None:
-                current.append(line)
-        if current is not None:
-            blocks.append("\n".join(current))
-    else:
-        blocks = [line for line in lines if line.strip() and not _HEADER.match(line)]
-    rows = []
-    for i, block in enumerate(blocks):
-        values = _raw_block(block)
-        if values is None:
-            values = [float(x.replace("d", "e").replace("D", "e")) for x in _NUMBER.findall(block)]
-        if not values:
-            raise DataError("a frame without numbers", file=source, frame=i)
-        rows.append(np.asarray(values, dtype=float))
-    if not rows:
-        raise DataError("no committee energies found", file=source)
-    return _stack(rows, source)
-
-
-def _raw_block(block: str):
-    """committee_pot of bead 0 from a ``raw`` extras dictionary, or None."""
-    if "committee_pot" not in block:
-        return None
-    try:
-        data = ast.literal_eval(block.strip())
-    except (ValueError, SyntaxError):
-        return None
-    if isinstance(data, list) and data and isinstance(data[0], dict):
-        data = data[0]
-    if not isinstance(data, dict) or "committee_pot" not in data:
-        return None
-    values = np.asarray(data["committee_pot"], dtype=float)
-    return list(values[0] if values.ndim == 2 else values.ravel())
+    if "#EXTRAS" in text.upper().replace(" ", ""):
+        energies = read_committee_pot(path)  # converted from Hartree
+        return (energies / units.Hartree if unit == "eV" else energies), None
+    energies = _plain_table(text, path)
+    return (energies * units.Hartree if unit == "Ha" else energies), None
 
 
 def _plain_table(text: str, path: Path) -> np.ndarray:
