@@ -236,6 +236,42 @@ def test_resume_skips_completed_rounds(al_run, capsys):
         run_active_learning(changed, resume=True)
 
 
+def test_relabel_growing_validation_and_highest_sigma(tmp_path):
+    from ase.calculators.lj import LennardJones
+
+    frames = cu_frames(6, 7)
+    for atoms in frames:  # labels of another method, to be replaced by the reference's
+        atoms.calc = LennardJones(sigma=2.3, epsilon=0.4, rc=5.0)
+        atoms.get_forces()
+    ase.io.write(tmp_path / "start.extxyz", frames)
+    config = al_config(tmp_path, max_rounds=1)
+    config["data"] = {"train_file": f"{tmp_path / 'start.extxyz'}@0:6", "relabel": True,
+                      "validation_fraction": 0.34}
+    config["selection"] = {"kind": "highest_sigma", "n": N_SELECT, "min_distance": 0.0}
+    config["initial"]["stages"] = [{"kind": "mse", "epochs": 5}, {"kind": "llpr"}]
+    config["fine_tune"]["stages"] = [{"kind": "mse", "epochs": 2}, {"kind": "llpr"}]
+    config["plot"] = False
+    result = run_active_learning(config)
+    run = tmp_path / "run"
+    train0 = read_structures(run / "round_00" / "train.extxyz")
+    validation0 = read_structures(run / "round_00" / "validation.extxyz")
+    assert (len(train0), len(validation0)) == (4, 2)
+    for frame in train0 + validation0:
+        atoms = frame.copy()
+        atoms.calc = EMT()
+        assert frame.info["REF_energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-6)
+    # one of the three new labels joins the validation set
+    assert len(read_structures(run / "round_01" / "train.extxyz")) == 6
+    assert len(read_structures(run / "round_01" / "validation.extxyz")) == 3
+    assert result.rows[1]["n_train"] == 6 and result.rows[1]["n_validation"] == 3
+    pool = ase.io.read(run / "round_01" / "candidates.extxyz", ":")
+    sigma = np.array([f.info["max_forces_uncertainty"] for f in pool])
+    chosen = [f.info["al_pool_index"] for f in ase.io.read(run / "round_01" / "selected.extxyz",
+                                                            ":")]
+    assert chosen == np.argsort(-sigma, kind="stable")[:N_SELECT].tolist()
+    assert not (run / "rounds.png").exists()
+
+
 # --- selection -----------------------------------------------------------------------------------
 def test_structure_features_are_per_structure_means_and_sums():
     frames = cu_frames(3, 5)
