@@ -13,7 +13,7 @@ import yaml
 from ase.calculators.emt import EMT
 from ase.cluster import Icosahedron
 
-from conftest import ETHANOL, tiny_model
+from conftest import ETHANOL, ROOT, tiny_model
 from shallow_ensembles.active_learning import (
     ActiveLearningConfig,
     ReferenceConfig,
@@ -248,7 +248,8 @@ def test_relabel_growing_validation_and_highest_sigma(tmp_path):
     config["data"] = {"train_file": f"{tmp_path / 'start.extxyz'}@0:6", "relabel": True,
                       "validation_fraction": 0.34}
     config["selection"] = {"kind": "highest_sigma", "n": N_SELECT, "min_distance": 0.0}
-    config["initial"]["stages"] = [{"kind": "mse", "epochs": 5}, {"kind": "llpr"}]
+    config["initial"].update(protocol="llpr",
+                             stages=[{"kind": "mse", "epochs": 5}, {"kind": "llpr"}])
     config["fine_tune"]["stages"] = [{"kind": "mse", "epochs": 2}, {"kind": "llpr"}]
     config["plot"] = False
     result = run_active_learning(config)
@@ -358,6 +359,7 @@ def test_import_reference_errors_name_the_key():
     ({"walkers": {"steps": 0}}, "walkers.steps: expected >= 1"),
     ({"stopping": {"min_candidate_rate": 2}}, "stopping.min_candidate_rate: expected 0 to 1"),
     ({"data": {"train_file": ""}}, "data.train_file: required"),
+    ({"md": "missing_protocol.yaml"}, "md: missing_protocol.yaml: no such file"),
 ])
 def test_config_errors_name_the_dotted_key(change, message):
     base = {"data": {"train_file": "x.extxyz"},
@@ -382,3 +384,6 @@ def test_cli_reports_config_errors_and_prints_defaults(tmp_path, capsys):
     data.update({"data": {"train_file": "x"}, "md": {"actions": [{"kind": "save"}]}})
     assert isinstance(from_dict(ActiveLearningConfig, data), ActiveLearningConfig)
     assert template(ActiveLearningConfig) in text
+    protocol = ROOT / "md_protocols" / "nvt_water_300K.yaml"  # md as a protocol file
+    config = load_al_config({"data": {"train_file": "x"}, "md": str(protocol)})
+    assert config.md_config().dynamics.kind == "langevin"

@@ -124,7 +124,7 @@ class InitialConfig:
 
     def __post_init__(self):
         if self.model_file is None:
-            self.train_config("validation.extxyz", "initial")  # validates protocol and stages
+            self.train_config("train.extxyz", "training")  # validates protocol and stages
 
     def train_config(self, train_file: str, output_dir: str,
                      validation_file: str | None = None) -> TrainConfig:
