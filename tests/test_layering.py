@@ -8,7 +8,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "shallow_ensembles"
 
 LAYERS = {
-    "conventions": 0, "errors": 0, "config": 0, "thresholds": 0,
+    "conventions": 0, "errors": 0, "config": 0, "thresholds": 0, "fileio": 0,
     "data": 1, "model": 2, "metrics": 2, "training": 3, "calibration": 4, "evaluation": 4,
     "calculator": 5, "md": 6, "ipi": 6, "plots_md": 6,
     "active_learning": 7, "plots": 7, "plots_al": 7,

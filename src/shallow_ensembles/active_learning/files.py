@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import ase.io
 import numpy as np
 from ase import Atoms
 
+from ..fileio import atomic_path
 from .reference import from_reference_keys
 
 
@@ -39,33 +38,20 @@ def write_frames(path: Path, frames: list[Atoms], labelled: bool = True) -> Path
     standard extxyz labels."""
     path.parent.mkdir(parents=True, exist_ok=True)
     out = [from_reference_keys(f) for f in frames] if labelled else list(frames)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".extxyz")
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         ase.io.write(tmp, out, format="extxyz")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
 def atomic_copy(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` through a temporary file in the target's folder."""
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(handle)
-    try:
+    with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(plain(data), indent=1))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(plain(data), indent=1))
 
 
 def plain(value):

@@ -13,9 +13,7 @@ Layout (a plain dict, loadable with ``torch.load(weights_only=True)``)::
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 
 from ..config import ModelConfig, from_dict
 from ..errors import ConfigError, ModelFileError
+from ..fileio import atomic_path
 from .ensemble import ShallowEnsemble
 
 FORMAT = "shallow-ensembles-model"
@@ -63,17 +62,8 @@ def save_model(model: ShallowEnsemble, path: str | Path, provenance: dict | None
         "provenance": prov,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     model.provenance = prov
     return path
 

@@ -14,7 +14,6 @@ import csv
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 from ..config import StageConfig, TrainConfig
 from ..data.baseline import fit_composition_baseline
 from ..data.batch import Graph, collate
+from ..fileio import atomic_path
 from ..model import ShallowEnsemble
 from .objectives import rescale_spread, stage_loss
 
@@ -56,14 +56,8 @@ def distributed_info() -> tuple[int, int]:
 
 def atomic_torch_save(obj, path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class Trainer:
