@@ -50,18 +50,7 @@ def read_structures(
     DataError naming the file, the frame and the key.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError("no such file", file=path)
-    try:
-        frames = ase.io.read(path, index=index)
-    except StopIteration as err:
-        raise DataError("the file holds no structures", file=path) from err
-    except Exception as err:  # noqa: BLE001 - ASE raises many types for unreadable files
-        raise DataError(f"ASE could not read it ({type(err).__name__}: {err})", file=path) from err
-    if isinstance(frames, Atoms):
-        frames = [frames]
-    if not frames:
-        raise DataError("the file holds no structures", file=path)
+    frames = read_frames(path, index)
     return [
         label_frame(
             atoms,
@@ -76,6 +65,24 @@ def read_structures(
         )
         for i, atoms in enumerate(frames)
     ]
+
+
+def read_frames(path: str | Path, index: str | int = ":") -> list[Atoms]:
+    """Frames of any ASE-readable file, unvalidated; a missing, unreadable or empty file is a
+    :class:`DataError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such file", file=path)
+    try:
+        frames = ase.io.read(path, index=index)
+    except StopIteration as err:
+        raise DataError("the file holds no structures", file=path) from err
+    except Exception as err:  # noqa: BLE001 - ASE raises many types for unreadable files
+        raise DataError(f"ASE could not read it ({type(err).__name__}: {err})", file=path) from err
+    frames = [frames] if isinstance(frames, Atoms) else list(frames)
+    if not frames or any(len(a) == 0 for a in frames):
+        raise DataError("the file holds no structures (or a structure without atoms)", file=path)
+    return frames
 
 
 def _lookup(atoms: Atoms, key: str | None, default: str, where: str):

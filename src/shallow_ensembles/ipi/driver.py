@@ -61,7 +61,7 @@ from ipi.pes.dummy import Dummy_driver
 
 from shallow_ensembles import conventions as K
 from shallow_ensembles.calculator import ShallowEnsembleCalculator, attach_uncertainty
-from shallow_ensembles.data.io import check_elements
+from shallow_ensembles.data.io import check_elements, read_frames
 from shallow_ensembles.errors import ConfigError, DataError
 from shallow_ensembles.thresholds import TRUSTED, TrustLevels
 
@@ -186,7 +186,7 @@ class ShallowEnsembleDriver(Dummy_driver):
             _check_number(name, value)
         if self.dtype not in (None, "float32", "float64"):
             raise ConfigError("dtype", f"expected float32 or float64, got {self.dtype!r}")
-        template = _read_template(self.template_file)
+        template = read_frames(self.template_file, 0)[0]
         self.numbers = template.numbers.copy()
         self.pbc = template.pbc.copy()
         self.log.n_atoms = len(self.numbers)
@@ -344,19 +344,6 @@ def _virial(atoms: Atoms, stress) -> np.ndarray:
     xx, yy, zz, yz, xz, xy = stress
     tensor = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
     return -atoms.get_volume() * tensor
-
-
-def _read_template(path) -> Atoms:
-    try:
-        atoms = ase.io.read(path, index=0)
-    except FileNotFoundError as err:
-        raise DataError("no such structure file (template)", file=path) from err
-    except Exception as err:  # ASE raises many types for unreadable files
-        raise DataError(f"cannot read the structure (template) with ASE: {err}",
-                        file=path) from err
-    if len(atoms) == 0:
-        raise DataError("the template structure has no atoms", file=path)
-    return atoms
 
 
 def _any_level(levels: TrustLevels) -> bool:

@@ -34,6 +34,7 @@ from pathlib import Path
 import ase.io
 from ase import Atoms
 
+from shallow_ensembles.data.io import read_frames
 from shallow_ensembles.errors import ConfigError, DataError, ShallowEnsembleError
 
 from .driver import LEVEL_OPTIONS, SOCKETS_PREFIX, ShallowEnsembleDriver, serve
@@ -269,12 +270,7 @@ def _set_init_file(root: ET.Element, input_xml: Path, run_dir: Path, structure) 
 
 
 def _plain_structure(structure) -> Atoms:
-    try:
-        atoms = ase.io.read(structure, index=0)
-    except FileNotFoundError as err:
-        raise DataError("no such structure file", file=structure) from err
-    except Exception as err:  # ASE raises many types for unreadable files
-        raise DataError(f"cannot read the structure with ASE: {err}", file=structure) from err
+    atoms = read_frames(structure, 0)[0]
     if abs(atoms.cell.volume) < 1e-12:
         raise DataError("i-PI needs a cell: the structure has none (set a box)", file=structure)
     return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
