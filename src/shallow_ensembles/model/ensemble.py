@@ -130,21 +130,10 @@ class ShallowEnsemble(nn.Module):
         return self.alpha_forces * self.alpha_forces_species[self.species_index[numbers]]
 
     def _predict(self, batch, forces, stress, member_forces, create_graph, method):
-        positions = batch.positions
-        strain = None
-        if forces or stress:
-            positions = positions.detach().requires_grad_(True)
-        cell = batch.cell
-        if stress:
-            strain = torch.zeros_like(batch.cell).requires_grad_(True)
-            sym = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("nk,nkl->nl", positions, sym[batch.structure])
-            cell = cell + torch.bmm(cell, sym)
-        edges = batch.edge_vectors(positions, cell)
+        edges, inputs = _differentiable_edges(batch, forces or stress, stress)
         atom_energies = self.forward(batch, edges)
         out = summarize_energies(atom_energies, batch)
         if forces or stress:
-            inputs = [positions] if strain is None else [positions, strain]
             grads = torch.autograd.grad(out["energy"].sum(), inputs, create_graph=create_graph,
                                         retain_graph=create_graph or member_forces)
             if forces:
@@ -187,17 +176,10 @@ class ShallowEnsemble(nn.Module):
         return weight, None
 
     def _member_forces_autograd(self, batch, stress, create_graph, jacobian):
-        positions = batch.positions.detach().requires_grad_(True)
-        cell, strain = batch.cell, None
-        if stress:
-            strain = torch.zeros_like(cell).requires_grad_(True)
-            sym = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("nk,nkl->nl", positions, sym[batch.structure])
-            cell = cell + torch.bmm(cell, sym)
-        features = self.last_layer_features(batch, batch.edge_vectors(positions, cell))
+        edges, inputs = _differentiable_edges(batch, True, stress)
+        features = self.last_layer_features(batch, edges)
         basis, mix = self._row_basis() if jacobian else (self.head.weight, None)
         rows = (self._structure_sums(features, batch) @ basis.T).T
-        inputs = [positions] if strain is None else [positions, strain]
         grads = [torch.autograd.grad(row.sum(), inputs, retain_graph=True,
                                      create_graph=create_graph) for row in rows]
         d_pos = torch.stack([g[0] for g in grads])  # (K, N, 3)
@@ -272,6 +254,25 @@ class ShallowEnsemble(nn.Module):
         """Σ_i μ_Z per structure, (S,) eV."""
         mu = self.composition[self.species_index[batch.numbers]]
         return mu.new_zeros(batch.n_structures).index_add(0, batch.structure, mu)
+
+
+def _differentiable_edges(batch: Batch, positions_grad: bool, stress: bool):
+    """Pair vectors (P, 3) Å and the leaves to differentiate: [positions] or [positions, ε].
+
+    The strain ε (S, 3, 3) enters symmetrised as R → R(I + ε), cell → cell(I + ε), so that
+    ∂E/∂ε / V is the stress.
+    """
+    positions, cell, inputs = batch.positions, batch.cell, []
+    if positions_grad or stress:
+        positions = positions.detach().requires_grad_(True)
+        inputs.append(positions)
+    if stress:
+        strain = torch.zeros_like(cell).requires_grad_(True)
+        inputs.append(strain)
+        sym = 0.5 * (strain + strain.transpose(1, 2))
+        positions = positions + torch.einsum("nk,nkl->nl", positions, sym[batch.structure])
+        cell = cell + torch.bmm(cell, sym)
+    return batch.edge_vectors(positions, cell), inputs
 
 
 def _mix(rows: torch.Tensor, mix: torch.Tensor | None) -> torch.Tensor:
