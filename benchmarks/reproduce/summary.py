@@ -1,0 +1,86 @@
+"""One table and one figure over every system ``run.py`` has finished.
+
+    python benchmarks/reproduce/summary.py
+
+Reads ``benchmarks/results/<system>.json``; writes ``benchmarks/results/summary.md`` (per
+system: the three findings, holds or not and by how much, and the key ratios) and
+``summary.png`` (RLL_F calibrated against wall time relative to force-NLL from scratch).
+"""
+
+from __future__ import annotations
+
+import json
+
+from common import RESULTS, SYSTEMS, finding_line, findings
+
+
+def key_numbers(rows: dict[str, dict]) -> dict[str, float]:
+    """The ratios a reader asks for first (two-step vs scratch)."""
+    s, t, te = rows["force-nll-scratch"], rows["two-step-llpr"], rows["two-step-energy-nll"]
+    return {"rll_f_scratch": s["rll_f_cal"], "rll_f_two_step_llpr": t["rll_f_cal"],
+            "rll_f_two_step_enll": te["rll_f_cal"],
+            "time_fine_tune": t["own_wall_s"] / s["wall_s"],
+            "time_llpr_total": t["wall_s"] / s["wall_s"],
+            "time_enll_total": te["wall_s"] / s["wall_s"],
+            "rll_f_energy_nll": rows["energy-nll"]["rll_f_cal"],
+            "rll_f_best_cheap": max(rows[k]["rll_f_cal"] for k in
+                                    ("random-heads", "llpr", "subsample", "mse-committee"))}
+
+
+def figure(all_rows: dict[str, dict]) -> None:
+    """RLL_F cal vs wall time / scratch wall time, one panel per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(all_rows), figsize=(3.6 * len(all_rows), 3.8),
+                             squeeze=False, sharey=False)
+    for ax, (system, rows) in zip(axes[0], all_rows.items(), strict=True):
+        scratch = rows["force-nll-scratch"]["wall_s"]
+        for i, (name, row) in enumerate(rows.items()):
+            ax.scatter(row["wall_s"] / scratch, row["rll_f_cal"], color=f"C{i % 10}", s=36,
+                       label=name, marker="*" if name.startswith("two-step") else "o")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set(xscale="log", title=system, xlabel="wall time / force-NLL scratch")
+        values = [row["rll_f_cal"] for row in rows.values()]
+        ax.set_ylim(max(min(values) - 5, -100), max(values) + 5)
+    axes[0][0].set_ylabel("RLL_F, calibrated (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "summary.png", dpi=130)
+    plt.close(fig)
+
+
+def main() -> None:
+    all_rows = {name: json.loads((RESULTS / f"{name}.json").read_text())
+                for name in SYSTEMS if (RESULTS / f"{name}.json").exists()}
+    if not all_rows:
+        raise SystemExit("no results yet: run `python benchmarks/reproduce/run.py <system>`")
+    lines = ["| system | RLL_F scratch | best cheap start | energy NLL | two-step LLPR | "
+             "two-step energy NLL | fine-tune time / scratch | two-step total / scratch | "
+             "findings 1 / 2 / 3 (LLPR, energy NLL) |", "|---|" + "---|" * 8]
+    details = []
+    for system, rows in all_rows.items():
+        k, f = key_numbers(rows), findings(rows)
+        marks = " / ".join("✓" if x["holds"] else "✗" for x in f)
+        lines.append(f"| {system} | {k['rll_f_scratch']:.1f} | {k['rll_f_best_cheap']:.1f} | "
+                     f"{k['rll_f_energy_nll']:.1f} | {k['rll_f_two_step_llpr']:.1f} | "
+                     f"{k['rll_f_two_step_enll']:.1f} | {k['time_fine_tune']:.2f} | "
+                     f"{k['time_llpr_total']:.2f} / {k['time_enll_total']:.2f} | {marks} |")
+        details += [f"### {system}", "", *[f"- {finding_line(x)}" for x in f], ""]
+    figure(all_rows)
+    text = "\n".join([
+        "# Do the paper's findings hold here?", "",
+        "RLL_F (calibrated, %, test frames) per protocol and system; budgets, splits and full "
+        "tables in `<system>.md`. \"best cheap start\": the best of random heads, LLPR, "
+        "subsampling and an MSE committee. Times are wall-clock training times (1 thread); "
+        "the two-step totals include training their stage-1 model (LLPR / energy NLL).", "",
+        *lines, "", "![summary](summary.png)", "", *details,
+        "Command: `python benchmarks/reproduce/summary.py`", ""])
+    (RESULTS / "summary.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
