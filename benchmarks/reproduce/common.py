@@ -129,7 +129,7 @@ def score(validation: dict, test: dict) -> dict[str, float]:
 
 
 COLUMNS = (
-    ("wall (s)", "wall_s", ".0f"), ("RMSE_E (meV/atom)", "rmse_e_meV_atom", ".2f"),
+    ("time (CPU s)", "time_s", ".0f"), ("RMSE_E (meV/atom)", "rmse_e_meV_atom", ".2f"),
     ("RMSE_F (meV/Å)", "rmse_f_meV_A", ".1f"), ("RLL_E raw", "rll_e_raw", ".1f"),
     ("RLL_E cal", "rll_e_cal", ".1f"), ("RLL_F raw", "rll_f_raw", ".1f"),
     ("RLL_F cal", "rll_f_cal", ".1f"), ("NLL_E cal", "nll_e_cal", ".2f"),
@@ -151,7 +151,7 @@ def markdown_table(rows: dict[str, dict], columns=COLUMNS) -> str:
 
 def figures(system: System, rows: dict[str, dict], tests: dict[str, dict],
             results: Path = RESULTS) -> list[Path]:
-    """RLL_F (calibrated and raw) against wall time, and force calibration curves (PNG)."""
+    """RLL_F (calibrated and raw) against training time, and force calibration curves (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,12 +163,12 @@ def figures(system: System, rows: dict[str, dict], tests: dict[str, dict],
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, (name, row) in enumerate(rows.items()):
         color = f"C{i % 10}"
-        ax.scatter(row["wall_s"], row["rll_f_cal"], color=color, s=40, label=name)
-        ax.scatter(row["wall_s"], row["rll_f_raw"], facecolors="none", edgecolors=color, s=40)
-        ax.plot([row["wall_s"]] * 2, [row["rll_f_raw"], row["rll_f_cal"]], color=color, lw=0.8)
+        ax.scatter(row["time_s"], row["rll_f_cal"], color=color, s=40, label=name)
+        ax.scatter(row["time_s"], row["rll_f_raw"], facecolors="none", edgecolors=color, s=40)
+        ax.plot([row["time_s"]] * 2, [row["rll_f_raw"], row["rll_f_cal"]], color=color, lw=0.8)
     ax.axhline(0, color="k", lw=0.6)
     values = [r[k] for r in rows.values() for k in ("rll_f_raw", "rll_f_cal")]
-    ax.set(xscale="log", xlabel="training wall time (s, 1 thread)",
+    ax.set(xscale="log", xlabel="training time (CPU s, 1 thread)",
            ylabel="RLL_F (%): filled calibrated, open raw", title=f"{system.name}: RLL_F vs cost",
            ylim=(max(min(values) - 5, -150), max(values) + 10))
     ax.legend(fontsize=7, loc="best")
@@ -218,7 +218,7 @@ def findings(rows: dict[str, dict]) -> list[dict]:
     for name in ("two-step-llpr", "two-step-energy-nll"):
         r = rows[name]
         d = r["rll_f_cal"] - s["rll_f_cal"]
-        own, total = r["own_wall_s"] / s["wall_s"], r["wall_s"] / s["wall_s"]
+        own, total = r["own_time_s"] / s["time_s"], r["time_s"] / s["time_s"]
         out.append(dict(finding=3, claim=f"{name} reaches scratch calibration (within 5 RLL_F "
                         "points) at ≤ 20 % of its time", holds=d >= -5 and own <= 0.2,
                         detail=f"RLL_F cal {d:+.1f} vs scratch; fine-tune time {own:.2f} × "

@@ -7,7 +7,7 @@ Trains ``mse``, ``energy-nll``, ``force-nll-scratch``, ``random-heads``, ``llpr`
 models (the ``mse`` run and ``--committee − 1`` more seeds) with the budget of
 ``common.SYSTEMS``, one torch thread. Stage-1 models are reused the way a user would reuse them
 (``init_model``): ``llpr`` and ``subsample`` start from ``mse``, ``two-step-llpr`` from ``llpr``,
-``two-step-energy-nll`` from ``energy-nll``; wall times add up the stages a protocol stands on.
+``two-step-energy-nll`` from ``energy-nll``; times add up the stages a protocol stands on.
 
 Writes ``benchmarks/results/<system>.md`` (+ ``.json``, ``_rll_vs_time.png``,
 ``_calibration.png``, ``_split.json``). Models and predictions go to
@@ -61,8 +61,12 @@ def plan(system: System, n_committee: int) -> list[tuple[str, list[dict]]]:
     return runs
 
 
-def train_one(system: System, data: dict, name: str, stages: list[dict]) -> float:
-    """Train one run into ``OUT/<system>/<name>``; returns its own wall time (s)."""
+def train_one(system: System, data: dict, name: str, stages: list[dict]) -> dict[str, float]:
+    """Train one run into ``OUT/<system>/<name>``.
+
+    Returns its own ``cpu_s`` (CPU seconds of this process: the cost on one thread, unaffected
+    by other jobs on a shared machine) and ``wall_s``.
+    """
     from shallow_ensembles.config import TrainConfig, from_dict
     from shallow_ensembles.training import train
 
@@ -76,9 +80,9 @@ def train_one(system: System, data: dict, name: str, stages: list[dict]) -> floa
         "init_model": str(folder / init / "model.pt") if init else None,
         "training": {"threads": 1, "progress": False, "batch_size": system.batch_size,
                      "learning_rate": system.learning_rate, "seed": seed}})
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     train(config)
-    return time.perf_counter() - start
+    return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
 
 
 def predict_run(system: System, data: dict, name: str) -> None:
@@ -103,18 +107,20 @@ def report(system: System, runs: dict, n_committee: int, results: Path = RESULTS
     members = ["mse"] + [f"mse-seed{s}" for s in range(1, n_committee)]
     preds["mse-committee"] = {s: committee([load_predictions(folder / m / f"pred_{s}.npz")
                                             for m in members]) for s in ("validation", "test")}
-    walls = dict(runs)
+    times = {name: dict(run) for name, run in runs.items()}
     for name in FIRST_STAGE:  # add the stages a protocol stands on
         parent = FIRST_STAGE[name]
         while parent:
-            walls[name] += runs[parent]
+            for key in ("cpu_s", "wall_s"):
+                times[name][key] += runs[parent][key]
             parent = FIRST_STAGE.get(parent)
-    walls["mse-committee"] = sum(runs[m] for m in members)
+    times["mse-committee"] = {key: sum(runs[m][key] for m in members)
+                              for key in ("cpu_s", "wall_s")}
     rows = {}
     for name, p in preds.items():
         rows[name] = score(p["validation"], p["test"])
-        rows[name]["wall_s"] = walls[name]
-        rows[name]["own_wall_s"] = runs.get(name, walls[name])
+        rows[name].update(time_s=times[name]["cpu_s"], wall_s=times[name]["wall_s"],
+                          own_time_s=runs.get(name, times[name])["cpu_s"])
     figs = figures(system, rows, {k: v["test"] for k, v in preds.items()}, results)
     text = "\n".join([
         f"# {system.name}: every protocol, one split",
@@ -128,7 +134,8 @@ def report(system: System, runs: dict, n_committee: int, results: Path = RESULTS
         f"`mse-committee`: {n_committee} independently trained MSE models. α fitted on the "
         "validation frames (NLL-optimal); metrics on the test frames (RLL in %, NLL per "
         "structure / per component, eV units; miscalibration area of calibrated σ). Wall time "
-        "includes the stage-1 runs a protocol starts from.",
+        "(CPU seconds of the training process, so that other jobs on the machine do not distort "
+        "it) includes the stage-1 runs a protocol starts from.",
         "",
         markdown_table(rows),
         "",
@@ -164,14 +171,14 @@ def main() -> None:
     if args.fresh:
         shutil.rmtree(OUT / system.name, ignore_errors=True)
     data = prepare_data(system, results)
-    done_file = OUT / system.name / "walls.json"
+    done_file = OUT / system.name / "times.json"
     runs = load_json(done_file)
     for name, stages in plan(system, args.committee):
         if name not in runs:
             runs[name] = train_one(system, data, name, stages)
             predict_run(system, data, name)
             done_file.write_text(json.dumps(runs, indent=1))
-        print(f"{system.name} {name}: {runs[name]:.0f} s", flush=True)
+        print(f"{system.name} {name}: {runs[name]['cpu_s']:.0f} CPU s", flush=True)
     print(report(system, runs, args.committee, results))
 
 

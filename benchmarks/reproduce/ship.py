@@ -19,7 +19,8 @@ VALID_FOR = {
     "batio3": "Ba, Ti and O; the BaTiO3 3×3×3 supercells of the training data (PBE, distorted "
               "perovskite near its equilibrium volume); other phases, surfaces or defects are "
               "extrapolation",
-    "ethanol": "H, C and O; an isolated ethanol molecule in the rMD17 conformations (PBE/def2-SVP); "
+    "ethanol": "H, C and O; an isolated ethanol molecule in the rMD17 conformations "
+               "(PBE/def2-SVP); "
                "not for condensed phases or other molecules",
     "carbon": "C; the amorphous and crystalline cells of the training data",
 }
@@ -47,7 +48,7 @@ def card(system: System, name: str, size: int) -> str:
         f"last-layer Laplace posterior, then {system.fine_tune_epochs} epochs of energy + force "
         "NLL on all parameters (lr 5e-4); batch "
         f"{system.batch_size}, lr {system.learning_rate} |",
-        f"| budget | {row['wall_s']:.0f} s of training wall time, 1 torch thread |",
+        f"| budget | {row['time_s']:.0f} CPU s of training (1 torch thread), stage 1 included |",
         f"| calibration | {cal} |",
         f"| valid for | {VALID_FOR[system.name]} |",
     ]

@@ -4,7 +4,7 @@
 
 Reads ``benchmarks/results/<system>.json``; writes ``benchmarks/results/summary.md`` (per
 system: the three findings, holds or not and by how much, and the key ratios) and
-``summary.png`` (RLL_F calibrated against wall time relative to force-NLL from scratch).
+``summary.png`` (RLL_F calibrated against training time relative to force-NLL from scratch).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ def key_numbers(rows: dict[str, dict]) -> dict[str, float]:
     s, t, te = rows["force-nll-scratch"], rows["two-step-llpr"], rows["two-step-energy-nll"]
     return {"rll_f_scratch": s["rll_f_cal"], "rll_f_two_step_llpr": t["rll_f_cal"],
             "rll_f_two_step_enll": te["rll_f_cal"],
-            "time_fine_tune": t["own_wall_s"] / s["wall_s"],
-            "time_llpr_total": t["wall_s"] / s["wall_s"],
-            "time_enll_total": te["wall_s"] / s["wall_s"],
+            "time_fine_tune": t["own_time_s"] / s["time_s"],
+            "time_llpr_total": t["time_s"] / s["time_s"],
+            "time_enll_total": te["time_s"] / s["time_s"],
             "rll_f_energy_nll": rows["energy-nll"]["rll_f_cal"],
             "rll_f_best_cheap": max(rows[k]["rll_f_cal"] for k in
                                     ("random-heads", "llpr", "subsample", "mse-committee"))}
@@ -37,12 +37,12 @@ def figure(all_rows: dict[str, dict]) -> None:
     fig, axes = plt.subplots(1, len(all_rows), figsize=(3.6 * len(all_rows), 3.8),
                              squeeze=False, sharey=False)
     for ax, (system, rows) in zip(axes[0], all_rows.items(), strict=True):
-        scratch = rows["force-nll-scratch"]["wall_s"]
+        scratch = rows["force-nll-scratch"]["time_s"]
         for i, (name, row) in enumerate(rows.items()):
-            ax.scatter(row["wall_s"] / scratch, row["rll_f_cal"], color=f"C{i % 10}", s=36,
+            ax.scatter(row["time_s"] / scratch, row["rll_f_cal"], color=f"C{i % 10}", s=36,
                        label=name, marker="*" if name.startswith("two-step") else "o")
         ax.axhline(0, color="k", lw=0.6)
-        ax.set(xscale="log", title=system, xlabel="wall time / force-NLL scratch")
+        ax.set(xscale="log", title=system, xlabel="training time / force-NLL scratch")
         values = [row["rll_f_cal"] for row in rows.values()]
         ax.set_ylim(max(min(values) - 5, -100), max(values) + 5)
     axes[0][0].set_ylabel("RLL_F, calibrated (%)")
@@ -74,7 +74,7 @@ def main() -> None:
         "# Do the paper's findings hold here?", "",
         "RLL_F (calibrated, %, test frames) per protocol and system; budgets, splits and full "
         "tables in `<system>.md`. \"best cheap start\": the best of random heads, LLPR, "
-        "subsampling and an MSE committee. Times are wall-clock training times (1 thread); "
+        "subsampling and an MSE committee. Times are CPU seconds of training (1 thread); "
         "the two-step totals include training their stage-1 model (LLPR / energy NLL).", "",
         *lines, "", "![summary](summary.png)", "", *details,
         "Command: `python benchmarks/reproduce/summary.py`", ""])
