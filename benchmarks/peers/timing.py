@@ -43,7 +43,8 @@ def md_steps_per_s(calc, atoms, steps: int = 100, warmup: int = 5,
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K,
                                  rng=np.random.default_rng(0))
-    dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01,
+    dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
+                   friction=0.01 / units.fs,
                    fixcm=False,
                    rng=np.random.default_rng(1))
     dyn.run(warmup)
