@@ -127,12 +127,14 @@ def main() -> None:
     parser.add_argument("system", choices=sorted(SYSTEMS))
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
     parser.add_argument("--md-steps", type=int, default=50)
+    parser.add_argument("--epochs", type=int, help="peer epochs; default: the system's budget")
     args = parser.parse_args()
     system = SYSTEMS[args.system]
+    epochs = args.epochs or system.epochs
     data = prepare_data(system)
+    folders = {peer: run_peer(peer, system, data, epochs) for peer in args.peers}
     rows = our_rows(system, args.md_steps)
-    for peer in args.peers:
-        folder = run_peer(peer, system, data, system.epochs)
+    for peer, folder in folders.items():
         info = load_json(folder / "train.json")
         row = score(load_predictions(folder / "pred_validation.npz"),
                     load_predictions(folder / "pred_test.npz"))
@@ -145,7 +147,8 @@ def main() -> None:
         f"# {system.name}: this project, apax and metatrain",
         "",
         f"Same split as `{system.name}.md` ({system.n_train}/{system.n_validation}/"
-        f"{system.n_test} frames), {system.epochs} epochs for every model trained from scratch, "
+        f"{system.n_test} frames), {system.epochs} epochs for our models trained from scratch "
+        f"and {epochs} for the peers, "
         "8 members, α fitted on validation and every metric from this project's code on the test "
         "frames. Training time: CPU seconds of the training process(es) (JIT compilation "
         "included). Timings: 1 thread per process, median ms per ASE call on the first test frame "

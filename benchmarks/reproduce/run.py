@@ -133,9 +133,9 @@ def report(system: System, runs: dict, n_committee: int, results: Path = RESULTS
         f"{system.batch_size}, lr {system.learning_rate}, 8 members, 1 torch thread. "
         f"`mse-committee`: {n_committee} independently trained MSE models. α fitted on the "
         "validation frames (NLL-optimal); metrics on the test frames (RLL in %, NLL per "
-        "structure / per component, eV units; miscalibration area of calibrated σ). Wall time "
-        "(CPU seconds of the training process, so that other jobs on the machine do not distort "
-        "it) includes the stage-1 runs a protocol starts from.",
+        "structure / per component, eV units; miscalibration area of calibrated σ). Time: "
+        "CPU seconds of the training process (other jobs on the machine do not distort it; "
+        "wall seconds are in the .json), including the stage-1 runs a protocol starts from.",
         "",
         markdown_table(rows),
         "",

@@ -1,0 +1,76 @@
+"""Every model in models/ loads, has a card, is under 5 MB and serves consistent results."""
+
+import ase.io
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+from ase.calculators.fd import calculate_numerical_forces
+
+from conftest import ETHANOL, ROOT, WATER
+from shallow_ensembles import ShallowEnsembleCalculator, load_model
+from shallow_ensembles import conventions as K
+
+MODELS = sorted((ROOT / "models").glob("*.pt"))
+
+
+def perovskite(n: int = 3, a: float = 4.0) -> Atoms:
+    """A slightly distorted n×n×n BaTiO3 supercell (cubic cell a, Å)."""
+    cell = Atoms("BaTiO3", cell=[a] * 3, pbc=True,
+                 scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0),
+                                   (0.5, 0, 0.5), (0, 0.5, 0.5)]).repeat(n)
+    cell.rattle(0.05, seed=0)
+    return cell
+
+
+STRUCTURES = {
+    "water": lambda: ase.io.read(WATER, 0),
+    "batio3": perovskite,
+    "ethanol": lambda: molecule("CH3CH2OH"),
+}
+
+
+def structure_for(path):
+    return STRUCTURES[path.stem.removesuffix("_two_step")]()
+
+
+def test_every_system_has_a_model():
+    assert {p.stem for p in MODELS} >= {"water_two_step", "batio3_two_step", "ethanol_two_step"}
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.name for p in MODELS])
+def test_model_card_size_and_calibration(path):
+    assert path.stat().st_size < 5_000_000
+    card = path.with_suffix(".md").read_text()
+    assert path.name in card and path.name in (ROOT / "models" / "README.md").read_text()
+    model = load_model(path)
+    assert f"{float(model.alpha_energy):.3g}" in card
+    assert f"{float(model.alpha_forces):.3g}" in card
+    assert model.n_members >= 2
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.name for p in MODELS])
+def test_forces_are_minus_the_energy_gradient(path):
+    atoms = structure_for(path)
+    atoms.calc = ShallowEnsembleCalculator(path, dtype="float64")
+    forces = atoms.get_forces()
+    rows = np.argsort(-np.linalg.norm(forces, axis=1))[:2]  # the two largest forces
+    probe = atoms.copy()
+    probe.calc = atoms.calc
+    numerical = calculate_numerical_forces(probe, eps=1e-4, iatoms=rows)
+    np.testing.assert_allclose(forces[rows], numerical, atol=1e-5)
+    assert atoms.calc.get_property(K.ENERGY_UNCERTAINTY, atoms) > 0
+    sigma_f = atoms.calc.get_property(K.FORCES_UNCERTAINTY, atoms)
+    assert np.all(np.isfinite(sigma_f)) and sigma_f.mean() > 0
+
+
+def test_ethanol_model_predicts_reference_forces():
+    frames = ase.io.read(ETHANOL, ":10")
+    references = np.array([a.get_forces() for a in frames])
+    calc = ShallowEnsembleCalculator(ROOT / "models" / "ethanol_two_step.pt")
+    predicted = []
+    for atoms in frames:
+        atoms.calc = calc
+        predicted.append(atoms.get_forces())
+    rmse = float(np.sqrt(np.mean(np.square(np.array(predicted) - references))))
+    assert rmse < 0.3 * float(np.sqrt(np.mean(np.square(references))))  # far better than 0
