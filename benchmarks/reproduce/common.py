@@ -197,8 +197,35 @@ def figures(system: System, rows: dict[str, dict], tests: dict[str, dict],
 def findings(rows: dict[str, dict]) -> list[dict]:
     """The paper's three findings checked on one system's rows (``run.py`` names).
 
-    Each entry: ``finding`` (1–3), ``claim``, ``holds`` (bool), ``detail`` (the numbers).
+    Each entry: ``finding`` (1–3), ``claim``, ``holds`` (True, False, or None when a protocol
+    it compares did not fit the data: see :func:`unfitted`), ``detail`` (the numbers).
     """
+    out = _findings(rows)
+    bad = unfitted(rows)
+    involved = {1: ("force-nll-scratch",), 2: ("force-nll-scratch", "energy-nll")}
+    for f in out:
+        names = involved.get(f["finding"], ("force-nll-scratch", f["claim"].split()[0]))
+        failed = [n for n in names if n in bad]
+        if failed:
+            f["holds"] = None
+            f["detail"] += f"; but {', '.join(failed)} did not fit the data ({bad[failed[0]]})"
+    return out
+
+
+def unfitted(rows: dict[str, dict]) -> dict[str, str]:
+    """Protocols whose test RMSE is far worse than the single MSE model's (10× in energy or
+    2× in forces): their uncertainty metrics say nothing about calibration. name → reason."""
+    ref = rows["mse"]
+    out = {}
+    for name, row in rows.items():
+        if (row["rmse_e_meV_atom"] > 10 * ref["rmse_e_meV_atom"]
+                or row["rmse_f_meV_A"] > 2 * ref["rmse_f_meV_A"]):
+            out[name] = (f"RMSE_E {row['rmse_e_meV_atom']:.0f} vs {ref['rmse_e_meV_atom']:.0f} "
+                         f"meV/atom for MSE")
+    return out
+
+
+def _findings(rows: dict[str, dict]) -> list[dict]:
     s, e = rows["force-nll-scratch"], rows["energy-nll"]
     others = {k: rows[k]["rll_f_cal"] for k in ("random-heads", "llpr", "subsample",
                                                 "mse-committee")}
@@ -228,7 +255,7 @@ def findings(rows: dict[str, dict]) -> list[dict]:
 
 def finding_line(f: dict) -> str:
     """One Markdown sentence for an entry of :func:`findings`."""
-    verdict = "holds" if f["holds"] else "does not hold"
+    verdict = {True: "holds", False: "does not hold", None: "cannot be tested"}[f["holds"]]
     return f"**Finding {f['finding']}** ({f['claim']}): {verdict} — {f['detail']}."
 
 

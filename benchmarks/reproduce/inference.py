@@ -71,8 +71,9 @@ def main() -> None:
         folder = OUT / "water" / f"peer-{peer}"
         if not (folder / "pred_test.npz").exists():
             folder = run_peer(peer, water, data, epochs=1, name="inference")
-        records += measure(peer_python(peer), f"{peer}_peer.py", folder, files, args.repeat,
-                           args.md_steps)
+        version = json.loads((folder / "train.json").read_text()).get("version", "")
+        records += [{**r, "version": version} for r in measure(
+            peer_python(peer), f"{peer}_peer.py", folder, files, args.repeat, args.md_steps)]
     ours = {r["n_atoms"]: r for r in records if r["package"] == "shallow-ensembles"}
     lines = ["| package | atoms | ms/call E+F+σ_E | ms/call + member F | MD steps/s "
              "| ours / package (E+F+σ_E) | ours / package (member F) |", "|---|" + "---|" * 6]

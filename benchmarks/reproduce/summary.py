@@ -63,7 +63,7 @@ def main() -> None:
     details = []
     for system, rows in all_rows.items():
         k, f = key_numbers(rows), findings(rows)
-        marks = " / ".join("✓" if x["holds"] else "✗" for x in f)
+        marks = " / ".join({True: "✓", False: "✗", None: "?"}[x["holds"]] for x in f)
         lines.append(f"| {system} | {k['rll_f_scratch']:.1f} | {k['rll_f_best_cheap']:.1f} | "
                      f"{k['rll_f_energy_nll']:.1f} | {k['rll_f_two_step_llpr']:.1f} | "
                      f"{k['rll_f_two_step_enll']:.1f} | {k['time_fine_tune']:.2f} | "
@@ -75,7 +75,9 @@ def main() -> None:
         "RLL_F (calibrated, %, test frames) per protocol and system; budgets, splits and full "
         "tables in `<system>.md`. \"best cheap start\": the best of random heads, LLPR, "
         "subsampling and an MSE committee. Times are CPU seconds of training (1 thread); "
-        "the two-step totals include training their stage-1 model (LLPR / energy NLL).", "",
+        "the two-step totals include training their stage-1 model (LLPR / energy NLL). "
+        "✓ holds, ✗ does not hold, ? cannot be tested (a protocol it compares did not fit the "
+        "data: test RMSE 10× the MSE model's in energy or 2× in forces).", "",
         *lines, "", "![summary](summary.png)", "", *details,
         "Command: `python benchmarks/reproduce/summary.py`", ""])
     (RESULTS / "summary.md").write_text(text)
