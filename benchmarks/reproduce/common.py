@@ -202,10 +202,8 @@ def findings(rows: dict[str, dict]) -> list[dict]:
     """
     out = _findings(rows)
     bad = unfitted(rows)
-    involved = {1: ("force-nll-scratch",), 2: ("force-nll-scratch", "energy-nll")}
     for f in out:
-        names = involved.get(f["finding"], ("force-nll-scratch", f["claim"].split()[0]))
-        failed = [n for n in names if n in bad]
+        failed = [n for n in f.pop("compares") if n in bad]
         if failed:
             f["holds"] = None
             f["detail"] += f"; but {', '.join(failed)} did not fit the data ({bad[failed[0]]})"
@@ -226,6 +224,7 @@ def unfitted(rows: dict[str, dict]) -> dict[str, str]:
 
 
 def _findings(rows: dict[str, dict]) -> list[dict]:
+    """:func:`findings` before the fit check; ``compares`` names the protocols it rests on."""
     s, e = rows["force-nll-scratch"], rows["energy-nll"]
     others = {k: rows[k]["rll_f_cal"] for k in ("random-heads", "llpr", "subsample",
                                                 "mse-committee")}
@@ -233,11 +232,12 @@ def _findings(rows: dict[str, dict]) -> list[dict]:
     margin = s["rll_f_cal"] - others[best]
     out = [dict(finding=1, claim="NLL training calibrates better than random heads, LLPR, "
                 "subsampling or an MSE committee", holds=margin > 0,
+                compares=("force-nll-scratch",),
                 detail=f"RLL_F cal {s['rll_f_cal']:.1f} (force NLL from scratch) vs "
                        f"{others[best]:.1f} for the best of the others ({best}): {margin:+.1f}")]
     gap = s["rll_f_cal"] - e["rll_f_cal"]
     out.append(dict(finding=2, claim="energy-only objectives leave σ_F miscalibrated",
-                    holds=gap > 5,
+                    holds=gap > 5, compares=("force-nll-scratch", "energy-nll"),
                     detail=f"RLL_F cal {e['rll_f_cal']:.1f} (energy NLL) vs {s['rll_f_cal']:.1f}"
                            f" (force NLL), {-gap:+.1f}; miscalibration area F "
                            f"{e['miscal_f_cal']:.3f} vs {s['miscal_f_cal']:.3f}; α_F "
@@ -248,6 +248,7 @@ def _findings(rows: dict[str, dict]) -> list[dict]:
         own, total = r["own_time_s"] / s["time_s"], r["time_s"] / s["time_s"]
         out.append(dict(finding=3, claim=f"{name} reaches scratch calibration (within 5 RLL_F "
                         "points) at ≤ 20 % of its time", holds=d >= -5 and own <= 0.2,
+                        compares=("force-nll-scratch", name),
                         detail=f"RLL_F cal {d:+.1f} vs scratch; fine-tune time {own:.2f} × "
                                f"scratch ({total:.2f} × with its stage 1 trained for it)"))
     return out

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from ase.io import read, write
 from common import OUT, RESULTS, ROOT, SYSTEMS, prepare_data
-from peers import PEERS, call, peer_python, run_peer
+from peers import PEERS, peer_python, run_peer, timings
+
+from shallow_ensembles import __version__
 
 OUR_MODEL = ROOT / "models" / "water_two_step.pt"
 
@@ -38,20 +40,14 @@ def structures(test_file: Path) -> dict[int, Path]:
     return out
 
 
-def measure(python: Path, script: str, model: Path, files: dict, repeat: int,
-            steps: int) -> list[dict]:
+def measure(package: str, version: str, python: Path, script: str, model: Path, files: dict,
+            repeat: int, steps: int) -> list[dict]:
     """One record per size: ms per call without/with member forces, MD steps per second."""
     records = []
     for n_atoms, path in files.items():
-        base = ["--model", str(model), "--structure", str(path), "--repeat", str(repeat)]
-        plain = call(python, script, "infer", *base)
-        members = call(python, script, "infer", *base, "--member-forces")
-        md = call(python, script, "md", "--model", str(model), "--structure", str(path),
-                  "--steps", str(steps if n_atoms < 1000 else max(5, steps // 8)))
-        records.append({"package": plain["package"], "version": plain.get("version", ""),
-                        "n_atoms": n_atoms, "ms_call": plain["ms_per_call"],
-                        "ms_call_members": members["ms_per_call"],
-                        "md_steps_per_s": md["steps_per_s"]})
+        md_steps = steps if n_atoms < 1000 else max(5, steps // 8)
+        records.append({"package": package, "version": version, "n_atoms": n_atoms,
+                        **timings(python, script, model, path, md_steps, repeat)})
         print(records[-1], flush=True)
     return records
 
@@ -65,15 +61,15 @@ def main() -> None:
     water = SYSTEMS["water"]
     data = prepare_data(water)
     files = structures(data["test"])
-    records = measure(Path(sys.executable), "ours_peer.py", OUR_MODEL, files, args.repeat,
-                      args.md_steps)
+    records = measure("shallow-ensembles", __version__, Path(sys.executable), "ours_peer.py",
+                      OUR_MODEL, files, args.repeat, args.md_steps)
     for peer in args.peers:
         folder = OUT / "water" / f"peer-{peer}"
         if not (folder / "pred_test.npz").exists():
             folder = run_peer(peer, water, data, epochs=1, name="inference")
         version = json.loads((folder / "train.json").read_text()).get("version", "")
-        records += [{**r, "version": version} for r in measure(
-            peer_python(peer), f"{peer}_peer.py", folder, files, args.repeat, args.md_steps)]
+        records += measure(peer, version, peer_python(peer), f"{peer}_peer.py", folder, files,
+                           args.repeat, args.md_steps)
     ours = {r["n_atoms"]: r for r in records if r["package"] == "shallow-ensembles"}
     lines = ["| package | atoms | ms/call E+F+σ_E | ms/call + member F | MD steps/s "
              "| ours / package (E+F+σ_E) | ours / package (member F) |", "|---|" + "---|" * 6]

@@ -80,11 +80,14 @@ def call(python: Path, script: str, *args: str) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def timings(python: Path, script: str, model: Path, structure: Path, steps: int) -> dict:
-    """ms per ASE call without and with member forces, and MD steps per second."""
+def timings(python: Path, script: str, model: Path, structure: Path, steps: int,
+            repeat: int = 20) -> dict:
+    """ms per ASE call (median of ``repeat``) without and with member forces, and MD steps
+    per second over ``steps`` steps."""
     base = ["--model", str(model), "--structure", str(structure)]
-    return {"ms_call": call(python, script, "infer", *base)["ms_per_call"],
-            "ms_call_members": call(python, script, "infer", *base,
+    infer = [*base, "--repeat", str(repeat)]
+    return {"ms_call": call(python, script, "infer", *infer)["ms_per_call"],
+            "ms_call_members": call(python, script, "infer", *infer,
                                     "--member-forces")["ms_per_call"],
             "md_steps_per_s": call(python, script, "md", *base, "--steps",
                                    str(steps))["steps_per_s"]}
