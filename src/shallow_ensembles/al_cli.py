@@ -4,7 +4,8 @@ inside the function so that ``--help`` stays instant)."""
 from __future__ import annotations
 
 import argparse
-import sys
+
+from .cli import config_preamble, log_to_stderr
 
 
 def register(subparsers) -> None:
@@ -27,21 +28,15 @@ def register(subparsers) -> None:
 
 def active_learn_command(args: argparse.Namespace) -> int:
     """``shallow-ensembles active-learn``: run the loop and print the per-round table."""
-    if args.print_defaults:
-        from .active_learning.config import ActiveLearningConfig
-        from .config import template
+    from .active_learning.config import ActiveLearningConfig
 
-        print(template(ActiveLearningConfig))
-        return 0
-    if not args.protocol:
-        print("error: active-learn needs PROTOCOL.yaml (or --print-defaults)", file=sys.stderr)
-        return 2
+    code = config_preamble(args, ActiveLearningConfig, "active-learn", required="protocol")
+    if code is not None:
+        return code
     from .active_learning import load_al_config, run_active_learning
 
     config = load_al_config(args.protocol, args.overrides)
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    log_to_stderr()
     result = run_active_learning(config, resume=args.resume)
     print((result.output_dir / result.files["markdown"]).read_text())
     print(f"stopped:     {result.message}")

@@ -41,6 +41,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_preamble(args: argparse.Namespace, config_class, verb: str,
+                    required: str | None = None) -> int | None:
+    """The common start of a verb driven by a YAML file: an exit code, or None to go on.
+
+    ``--print-defaults`` prints the commented YAML template of ``config_class`` (0); with
+    ``required`` naming the positional file argument (e.g. ``"config"``), its absence is a
+    usage error (2).
+    """
+    if args.print_defaults:
+        from .config import template
+
+        print(template(config_class))
+        return 0
+    if required and not getattr(args, required):
+        print(f"error: {verb} needs {required.upper()}.yaml (or --print-defaults)",
+              file=sys.stderr)
+        return 2
+    return None
+
+
+def log_to_stderr() -> None:
+    """Show the library's INFO log records (progress of long jobs) as plain lines on stderr."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
 def main(argv=None) -> int:
     """Entry point of the console script."""
     parser = build_parser()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli import config_preamble
+
 
 def register(subparsers) -> None:
     """Add the ``md`` and ``reweight`` verbs."""
@@ -52,13 +54,11 @@ def register(subparsers) -> None:
 def md_command(args: argparse.Namespace) -> int:
     """``shallow-ensembles md``: run the protocol and print a closing summary."""
     from .errors import ConfigError
+    from .md.config import MDConfig
 
-    if args.print_defaults:
-        from .config import template
-        from .md.config import MDConfig
-
-        print(template(MDConfig))
-        return 0
+    code = config_preamble(args, MDConfig, "md")
+    if code is not None:
+        return code
     missing = [flag for flag, value in (("PROTOCOL", args.protocol), ("--model", args.model),
                                         ("--structure", args.structure),
                                         ("--output", args.output)) if not value]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
+
+from .cli import config_preamble, log_to_stderr
 
 
 def register(sub) -> None:
@@ -43,16 +44,13 @@ def register(sub) -> None:
 
 def cmd_train(args) -> int:
     """``shallow-ensembles train``."""
-    from .config import TrainConfig, from_dict, load_yaml, template
+    from .config import TrainConfig, from_dict, load_yaml
 
-    if args.print_defaults:
-        print(template(TrainConfig))
-        return 0
-    if not args.config:
-        print("error: train needs CONFIG.yaml (or --print-defaults)", file=sys.stderr)
-        return 2
+    code = config_preamble(args, TrainConfig, "train", required="config")
+    if code is not None:
+        return code
     config = from_dict(TrainConfig, load_yaml(args.config, args.set))
-    _log_to_stderr()
+    log_to_stderr()
     from .training import train
 
     train(config, resume=args.resume)
@@ -107,13 +105,8 @@ def cmd_demo(args) -> int:
     """``shallow-ensembles demo``."""
     from .demo import run_demo
 
-    _log_to_stderr()
+    log_to_stderr()
     return run_demo(Path(args.output), skip_training=args.skip_training, md_steps=args.md_steps)
 
-
-def _log_to_stderr() -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
