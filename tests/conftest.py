@@ -5,6 +5,8 @@ from pathlib import Path
 import ase.io
 import pytest
 import torch
+from ase import Atoms
+from ase.build import molecule
 
 from shallow_ensembles.config import ModelConfig
 from shallow_ensembles.data import Batch
@@ -45,3 +47,18 @@ def water_frames():
 @pytest.fixture()
 def model(ethanol_frames):
     return tiny_model(frames=ethanol_frames[:5])
+
+
+BAD_INPUTS = {"missing_model": "no such model file", "unknown_element": "element C"}
+"""Bad command-line inputs of the model-serving verbs → the text their error must contain."""
+
+
+def bad_input(case, model, structure, tmp_path):
+    """(model, structure) paths with one made bad: a missing model file, or a structure
+    with an element (C) the water models do not know."""
+    if case == "missing_model":
+        return tmp_path / "missing.pt", structure
+    methane = tmp_path / "methane.extxyz"
+    ase.io.write(methane, Atoms(molecule("CH4"), cell=[6, 6, 6], pbc=True))
+    return model, methane
+

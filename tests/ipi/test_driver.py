@@ -16,7 +16,7 @@ from ase import Atoms
 from ase.build import molecule
 from ase.units import Bohr, Hartree
 
-from conftest import tiny_model
+from conftest import BAD_INPUTS, bad_input, tiny_model
 from shallow_ensembles import ShallowEnsembleCalculator, save_model
 from shallow_ensembles.cli import main
 from shallow_ensembles.errors import ConfigError, ElementError, ModelFileError
@@ -227,19 +227,14 @@ def test_clear_errors(files, tmp_path):
                               member_forces=False, forces_lo_eV_per_A=0.1)
 
 
-@pytest.mark.parametrize("case", ["missing_model", "unknown_element"])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_cli_errors_exit_2_without_traceback(files, tmp_path, capsys, case):
-    model, structure = files["model"], files["water"]
-    if case == "missing_model":
-        model = tmp_path / "missing.pt"
-    else:
-        structure = tmp_path / "methane.extxyz"
-        ase.io.write(structure, Atoms(molecule("CH4"), cell=[6, 6, 6], pbc=True))
+    model, structure = bad_input(case, files["model"], files["water"], tmp_path)
     code = main(["ipi-driver", "--model", str(model), "--structure", str(structure),
                  "--unix", "never-started"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ")
-    assert ("no such model file" if case == "missing_model" else "element C") in err
+    assert BAD_INPUTS[case] in err
 
 
 def test_importing_the_package_leaves_ipi_unimported():

@@ -17,7 +17,7 @@ from ase import Atoms
 from ase.build import molecule
 from ase.units import Hartree
 
-from conftest import ROOT, tiny_model
+from conftest import BAD_INPUTS, ROOT, bad_input, tiny_model
 from shallow_ensembles import ShallowEnsembleCalculator, save_model
 from shallow_ensembles.cli import main
 from shallow_ensembles.errors import ConfigError
@@ -219,17 +219,12 @@ def test_prepare_run_edits_a_copy_with_unique_sockets(tmp_path):
         prepare_run(bad, tmp_path / "c")
 
 
-@pytest.mark.parametrize("case", ["missing_model", "unknown_element"])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_ipi_run_errors_exit_2_before_starting_ipi(files, tmp_path, capsys, case):
-    model, structure = files["model"], files["water"]
-    if case == "missing_model":
-        model = tmp_path / "missing.pt"
-    else:
-        structure = tmp_path / "methane.extxyz"
-        ase.io.write(structure, Atoms(molecule("CH4"), cell=[6, 6, 6], pbc=True))
+    model, structure = bad_input(case, files["model"], files["water"], tmp_path)
     code = main(["ipi", "run", str(PROTOCOLS / "nvt_committee.xml"), "--model", str(model),
                  "--structure", str(structure), "--output", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ")
-    assert ("no such model file" if case == "missing_model" else "element C") in err
+    assert BAD_INPUTS[case] in err
     assert not (tmp_path / "run" / "ipi.log").exists()  # i-PI never started
