@@ -93,9 +93,11 @@ def test_two_step_improves_force_rll_over_stage_one(tmp_path):
     from shallow_ensembles.evaluation import compute_metrics
     from shallow_ensembles.training import load_datasets
 
-    stage1 = write_config(tmp_path, "stage1", protocol="llpr",
-                          stages=[{"kind": "mse", "epochs": 12}, {"kind": "llpr"}])
-    two = write_config(tmp_path, "two")
+    mse = {"kind": "mse", "epochs": 60}
+    stage1 = write_config(tmp_path, "stage1", protocol="llpr", stages=[mse, {"kind": "llpr"}])
+    two = write_config(tmp_path, "two", stages=[
+        mse, {"kind": "llpr"},
+        {"kind": "force-nll", "epochs": 10, "learning_rate": 0.001, "warmup_epochs": 0}])
     assert main(["train", str(stage1)]) == 0 and main(["train", str(two)]) == 0
     cfg = from_dict(TrainConfig, yaml.safe_load(two.read_text()))
     test = graphs_from_atoms(load_datasets(cfg.data).test, 4.0)

@@ -17,6 +17,7 @@ Writes ``benchmarks/results/<system>.md`` (+ ``.json``, ``_rll_vs_time.png``,
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import time
@@ -33,35 +34,60 @@ from common import (
     figures,
     finding_line,
     findings,
+    learning_curve,
     load_json,
     load_predictions,
     markdown_table,
     prepare_data,
     save_predictions,
     score,
+    time_to_target,
 )
 
-FIRST_STAGE = {"llpr": "mse", "subsample": "mse", "two-step-llpr": "llpr",
-               "two-step-energy-nll": "energy-nll"}
+FIRST_STAGE = {"llpr": "mse", "llpr-force-rows": "mse", "subsample": "mse",
+               "two-step-llpr": "llpr", "two-step-energy-nll": "energy-nll"}
+TIMING_EPOCHS = 2
+"""Epochs of force NLL from scratch timed with each member-force route (``--timing``)."""
 
 
 def plan(system: System, n_committee: int) -> list[tuple[str, list[dict]]]:
     """(run name, stages) in an order where every stage-1 model exists before it is used."""
-    e = system.epochs
-    fine = {"kind": "force-nll", "epochs": system.fine_tune_epochs, "learning_rate": 5e-4}
-    runs = [("mse", [{"kind": "mse", "epochs": e}]),
-            ("energy-nll", [{"kind": "energy-nll", "epochs": e}]),
-            ("force-nll-scratch", [{"kind": "force-nll", "epochs": e}]),
-            ("random-heads", [{"kind": "random-heads"}, {"kind": "member-mse", "epochs": e}]),
+    from shallow_ensembles.config import FINE_TUNE, to_dict
+
+    full = {"epochs": system.epochs, "patience": system.patience}
+    fine = to_dict(FINE_TUNE)
+    runs = [("mse", [{"kind": "mse", **full}]),
+            ("energy-nll", [{"kind": "energy-nll", **full}]),
+            ("force-nll-scratch", [{"kind": "force-nll", **full}]),
+            ("random-heads", [{"kind": "random-heads"}, {"kind": "member-mse", **full}]),
             ("llpr", [{"kind": "llpr"}]),
+            ("llpr-force-rows", [{"kind": "llpr", "force_rows": True}]),
             ("subsample", [{"kind": "subsample"}]),
             ("two-step-llpr", [fine]),
             ("two-step-energy-nll", [fine])]
-    runs += [(f"mse-seed{s}", [{"kind": "mse", "epochs": e}]) for s in range(1, n_committee)]
+    runs += [(f"mse-seed{s}", [{"kind": "mse", **full}]) for s in range(1, n_committee)]
     return runs
 
 
-def train_one(system: System, data: dict, name: str, stages: list[dict]) -> dict[str, float]:
+def member_force_timing(system: System, data: dict) -> dict[str, float]:
+    """CPU s per epoch of force NLL from scratch with each member-force route.
+
+    The ``loop`` route (one backward pass per member) is the paper's cost model; ``explicit``
+    is this package's default (closed-form descriptor derivatives). Same seeds, same data.
+    """
+    out = {}
+    for route in ("explicit", "loop"):
+        name = f"timing-{route}"
+        stages = [{"kind": "force-nll", "epochs": TIMING_EPOCHS, "patience": None}]
+        train_one(system, data, name, stages, {"member_forces": route})
+        with open(OUT / system.name / name / "train_log.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        out[route] = sum(float(r["cpu_seconds"]) for r in rows) / len(rows)
+    return out
+
+
+def train_one(system: System, data: dict, name: str, stages: list[dict],
+              training: dict | None = None) -> dict[str, float]:
     """Train one run into ``OUT/<system>/<name>``.
 
     Returns its own ``cpu_s`` (CPU seconds of this process: the cost on one thread, unaffected
@@ -79,7 +105,7 @@ def train_one(system: System, data: dict, name: str, stages: list[dict]) -> dict
         "protocol": "custom", "stages": stages, "output_dir": str(folder / name),
         "init_model": str(folder / init / "model.pt") if init else None,
         "training": {"threads": 1, "progress": False, "batch_size": system.batch_size,
-                     "learning_rate": system.learning_rate, "seed": seed}})
+                     "learning_rate": system.learning_rate, "seed": seed, **(training or {})}})
     wall, cpu = time.perf_counter(), time.process_time()
     train(config)
     return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
@@ -98,7 +124,87 @@ def predict_run(system: System, data: dict, name: str) -> None:
                          predict_dataset(model, graphs))
 
 
-def report(system: System, runs: dict, n_committee: int, results: Path = RESULTS) -> str:
+def epochs_trained(system: System, name: str) -> int | None:
+    """Epochs in the run's training log (None for initialisation-only runs)."""
+    log = OUT / system.name / name / "train_log.csv"
+    if not log.exists():
+        return None
+    return max(0, len(log.read_text().splitlines()) - 1)
+
+
+def add_time_to_target(system: System, rows: dict) -> dict[str, list[dict]]:
+    """Learning curves of the force-NLL runs and their time to 95 % of scratch's final
+    validation RLL_F (``ttt_own_s``: the run's own CPU s; ``ttt_total_s``: with its stage 1)."""
+    curves = {name: learning_curve(OUT / system.name / name / "train_log.csv")
+              for name in ("force-nll-scratch", "two-step-llpr", "two-step-energy-nll")}
+    final = next(c["rll_f"] for c in curves["force-nll-scratch"] if c.get("kept"))
+    target = 0.95 * final if final > 0 else final
+    for name, curve in curves.items():
+        own = time_to_target(curve, target)
+        stage1 = rows[name]["time_s"] - rows[name]["own_time_s"]
+        rows[name].update(ttt_own_s=own, ttt_total_s=None if own is None else own + stage1,
+                          ttt_target=target)
+    return curves
+
+
+def curve_figure(system: System, curves: dict, rows: dict, results: Path) -> Path:
+    """Validation RLL_F (calibrated) against CPU s, stage 1 included, with the 95 % target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (name, curve) in enumerate(curves.items()):
+        offset = rows[name]["time_s"] - rows[name]["own_time_s"]
+        ax.plot([offset + c["cpu_s"] for c in curve], [c["rll_f"] for c in curve],
+                color=f"C{i}", label=f"{name} (stage 1: {offset:.0f} CPU s)")
+        if offset:
+            ax.axvline(offset, color=f"C{i}", lw=0.6, ls=":")
+    ax.axhline(rows["force-nll-scratch"]["ttt_target"], color="k", lw=0.8, ls="--",
+               label="95 % of scratch's final")
+    ax.set(xlabel="CPU s (1 thread), stage 1 included", ylabel="validation RLL_F cal (%)",
+           title=f"{system.name}: time to target", ylim=(-50, None))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = results / f"{system.name}_time_to_target.png"
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def timing_lines(timing: dict | None, rows: dict) -> list[str]:
+    """Markdown on the member-force route: loop (the paper's cost model) vs explicit."""
+    if not timing:
+        return []
+    ratio = timing["loop"] / timing["explicit"]
+    scratch = rows["force-nll-scratch"]
+    return ["## Member forces: a loop of backward passes vs the explicit route", "",
+            f"Force NLL from scratch, {TIMING_EPOCHS} epochs each, same data and seeds: "
+            f"{timing['explicit']:.2f} CPU s per epoch with the explicit route, "
+            f"{timing['loop']:.2f} with one backward pass per member (the paper's cost model): "
+            f"× {ratio:.2f}. At the loop's cost the scratch run above ({scratch['epochs']} "
+            f"epochs, {scratch['own_time_s']:.0f} CPU s) would have taken about "
+            f"{scratch['own_time_s'] * ratio:.0f} CPU s.", ""]
+
+
+def ttt_table(curves: dict, rows: dict) -> list[str]:
+    """Markdown table of the time to target of each force-NLL run."""
+    lines = ["| run | stage 1 (CPU s) | own CPU s to target | total CPU s to target | "
+             "kept validation RLL_F | own CPU s |", "|---|---|---|---|---|---|"]
+    for name, curve in curves.items():
+        r = rows[name]
+        kept = next(c["rll_f"] for c in curve if c.get("kept"))
+        cells = [f"{r['time_s'] - r['own_time_s']:.0f}",
+                 "never" if r["ttt_own_s"] is None else f"{r['ttt_own_s']:.0f}",
+                 "never" if r["ttt_total_s"] is None else f"{r['ttt_total_s']:.0f}",
+                 f"{kept:.1f}", f"{r['own_time_s']:.0f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(system: System, runs: dict, n_committee: int, results: Path = RESULTS,
+           timing: dict | None = None) -> str:
     """Score every run, write the results files; returns the Markdown."""
     folder = OUT / system.name
     preds = {name: {s: load_predictions(folder / name / f"pred_{s}.npz")
@@ -120,25 +226,42 @@ def report(system: System, runs: dict, n_committee: int, results: Path = RESULTS
     for name, p in preds.items():
         rows[name] = score(p["validation"], p["test"])
         rows[name].update(time_s=times[name]["cpu_s"], wall_s=times[name]["wall_s"],
-                          own_time_s=runs.get(name, times[name])["cpu_s"])
+                          own_time_s=runs.get(name, times[name])["cpu_s"],
+                          epochs=epochs_trained(system, name))
+    curves = add_time_to_target(system, rows)
     figs = figures(system, rows, {k: v["test"] for k, v in preds.items()}, results)
+    figs.append(curve_figure(system, curves, rows, results))
+    target = rows["force-nll-scratch"]["ttt_target"]
     text = "\n".join([
         f"# {system.name}: every protocol, one split",
         "",
         f"{system.title}; files {', '.join(system.files)} from `../shared/data/` "
         f"(see its README for sources and licences). Split (seed 0, saved in "
         f"`{system.name}_split.json`): {system.n_train} train / {system.n_validation} validation "
-        f"/ {system.n_test} test frames. Budget: {system.epochs} epochs per full stage, "
-        f"{system.fine_tune_epochs} fine-tune epochs (force NLL, lr 5e-4), batch "
-        f"{system.batch_size}, lr {system.learning_rate}, 8 members, 1 torch thread. "
-        f"`mse-committee`: {n_committee} independently trained MSE models. α fitted on the "
-        "validation frames (NLL-optimal); metrics on the test frames (RLL in %, NLL per "
-        "structure / per component, eV units; miscalibration area of calibrated σ). Time: "
-        "CPU seconds of the training process (other jobs on the machine do not distort it; "
-        "wall seconds are in the .json), including the stage-1 runs a protocol starts from.",
+        f"/ {system.n_test} test frames. Budget: every full stage runs until its validation "
+        f"loss has not improved for {system.patience} epochs (the best epoch is kept), at most "
+        f"{system.epochs} epochs (the `epochs` column shows where each stopped); fine-tunes use "
+        "the package defaults (`FINE_TUNE`: at most 30 epochs, lr 5e-4, no warm-up, stop after "
+        f"5 epochs without a better validation force NLL); batch {system.batch_size}, lr "
+        f"{system.learning_rate}, 8 members, 1 torch thread. `mse-committee`: {n_committee} "
+        "independently trained MSE models. α fitted on the validation frames (NLL-optimal); "
+        "metrics on the test frames (RLL in %, NLL per structure / per component, eV units; "
+        "miscalibration area of calibrated σ; offset share E: the share of the member-energy "
+        "variance that is one constant per member across test frames; Spearman E: rank "
+        "correlation of |energy error| and σ_E). Time: CPU seconds of the training process, "
+        "including the stage-1 runs a protocol starts from.",
         "",
         markdown_table(rows),
         "",
+        "## Time to target (finding 3)",
+        "",
+        "Target: 95 % of the validation RLL_F (calibrated on the validation frames) of the "
+        f"epoch that force NLL from scratch keeps: {target:.1f} %. Stage 1 is counted "
+        "separately and in the total.",
+        "",
+        *ttt_table(curves, rows),
+        "",
+        *timing_lines(timing, rows),
         *[f"- {finding_line(f)}" for f in findings(rows)],
         "",
         *[f"![{f.stem}]({f.name})" for f in figs],
@@ -166,7 +289,7 @@ def main() -> None:
     torch.set_num_threads(1)
     system, results = SYSTEMS[args.system], RESULTS
     if args.smoke:
-        system = replace(system, name=f"{system.name}-smoke", epochs=1, fine_tune_epochs=1)
+        system = replace(system, name=f"{system.name}-smoke", epochs=2)
         results = OUT / "smoke-results"
     if args.fresh:
         shutil.rmtree(OUT / system.name, ignore_errors=True)
@@ -179,7 +302,12 @@ def main() -> None:
             predict_run(system, data, name)
             done_file.write_text(json.dumps(runs, indent=1))
         print(f"{system.name} {name}: {runs[name]['cpu_s']:.0f} CPU s", flush=True)
-    print(report(system, runs, args.committee, results))
+    timing_file = OUT / system.name / "member_force_timing.json"
+    timing = load_json(timing_file)
+    if not timing:
+        timing = member_force_timing(system, data)
+        timing_file.write_text(json.dumps(timing, indent=1))
+    print(report(system, runs, args.committee, results, timing))
 
 
 if __name__ == "__main__":

@@ -134,7 +134,17 @@ class StageConfig:
     max_minutes: float | None = None
     """Wall-time budget of a training stage, minutes; null: no limit."""
     learning_rate: float | None = None
-    """Learning rate of this stage; null: ``training.learning_rate``."""
+    """Peak learning rate of this stage; null: ``training.learning_rate``."""
+    warmup_epochs: int | None = None
+    """Linear warm-up epochs of this stage (cosine schedule); null: ``training.warmup_epochs``."""
+    patience: int | None = None
+    """Stop this stage after this many epochs without improvement of the monitored validation
+    loss (the best epoch is kept); null: ``training.patience``."""
+    monitor: Literal["auto", "loss", "force-nll"] = "auto"
+    """Validation quantity for early stopping and the best epoch: the stage loss, or the force
+    NLL alone; auto: force-nll for force-nll stages, the loss otherwise."""
+    energy_weight: float | None = None
+    """Weight of the energy term in this stage; null: ``loss.energy_weight``."""
     trainable: Literal["all", "heads"] = "all"
     """Train all parameters or only the heads (and per-species scales)."""
     regularizer: float | None = None
@@ -145,6 +155,12 @@ class StageConfig:
     """isotropic: noise scale s of the head weights."""
     ridge: float = 1e-6
     """subsample: relative ridge parameter."""
+
+
+FINE_TUNE = StageConfig(kind="force-nll", epochs=30, learning_rate=5e-4, warmup_epochs=0,
+                        patience=5)
+"""The fine-tune of the two-step protocols: no warm-up (the model is trained), its own peak
+learning rate, early stopping on the validation force NLL (README, "Choosing the defaults")."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +193,10 @@ class TrainingConfig:
     """torch threads per process; null: torch's default."""
     progress: bool = True
     """Show a progress bar."""
+    member_forces: Literal["auto", "explicit", "jacobian", "loop"] = "auto"
+    """Route of the member forces in force-NLL stages: closed-form descriptor derivatives
+    (explicit, built-in backbone), d backward passes (jacobian), one backward pass per member
+    (loop, the cost model of the paper); auto: the cheapest available."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,8 +258,7 @@ class TrainConfig:
         for k, kind in enumerate(kinds):
             last = k == len(kinds) - 1
             if fine_tune and last:  # the short fine-tune of a two-step protocol
-                stages.append(StageConfig(kind=kind, epochs=20,
-                                          learning_rate=self.training.learning_rate / 4))
+                stages.append(FINE_TUNE)
             else:
                 stages.append(StageConfig(kind=kind))
         return tuple(stages)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .calibration import predict_dataset
 from .data.batch import Graph
-from .metrics import uncertainty_metrics
+from .metrics import offset_share, uncertainty_metrics
 from .model import ShallowEnsemble
 
 
@@ -37,8 +37,11 @@ def quantities(pred: dict[str, np.ndarray], alpha_e: float = 1.0,
 
 
 def compute_metrics(pred: dict[str, np.ndarray], alpha_e: float, alpha_f: float) -> dict:
-    """``{"calibrated": {quantity: metrics}, "raw": {...}, "alpha": {...}}``."""
-    result = {"alpha": {"energy": alpha_e, "forces": alpha_f}}
+    """``{"calibrated": {quantity: metrics}, "raw": {...}, "alpha": {...},
+    "energy_offset_share": float}`` (:func:`~shallow_ensembles.metrics.offset_share` of the
+    member energies; a diagnostic: σ_E carries information only where it is well below 1)."""
+    result = {"alpha": {"energy": alpha_e, "forces": alpha_f},
+              "energy_offset_share": offset_share(pred["energy_ensemble"])}
     for label, (ae, af) in {"calibrated": (alpha_e, alpha_f), "raw": (1.0, 1.0)}.items():
         result[label] = {name: uncertainty_metrics(ref - p, s)
                          for name, (p, ref, s) in quantities(pred, ae, af).items()}
@@ -74,6 +77,9 @@ def markdown_report(metrics: dict, figures: Sequence[Path] = (), title: str = ""
              f"members; α_E = {metrics['alpha']['energy']:.4g}, "
              f"α_F = {metrics['alpha']['forces']:.4g}. Units: eV, eV/atom, eV/Å; σ are standard "
              "deviations (ddof = 1); RLL in %.", "",
+             f"Energy offset share: {metrics.get('energy_offset_share', float('nan')):.3f} (the "
+             "part of the member-energy variance that is one constant per member in every "
+             "frame; σ_E ranks structures only when it is small).", "",
              "| set | quantity | " + " | ".join(keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for label in ("calibrated", "raw"):

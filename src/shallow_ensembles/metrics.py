@@ -98,6 +98,22 @@ def ence(residual, sigma, n_bins: int = 10) -> float:
     return float(np.mean(values))
 
 
+def offset_share(energy_ensemble) -> float:
+    """Share of the member-energy variance that is one constant per member across frames.
+
+    ``energy_ensemble`` (S, M), eV. With D_km = E_km − Ē_k and c_m = mean_k D_km, returns
+    S Σ_m c_m² / Σ_km D_km², in [0, 1]: near 1, σ_E is a frame-independent offset (it ranks
+    nothing); near 0, the spread changes with the structure. Meaningful over frames of one
+    composition (an offset proportional to the composition is not constant otherwise).
+    """
+    ensemble = np.asarray(energy_ensemble, dtype=float)
+    deviations = ensemble - ensemble.mean(axis=1, keepdims=True)
+    total = float(np.sum(deviations**2))
+    if total == 0.0:
+        return float("nan")
+    return float(len(deviations) * np.sum(deviations.mean(axis=0) ** 2) / total)
+
+
 def uncertainty_metrics(residual, sigma) -> dict[str, float]:
     """Every metric of this module, as a dictionary."""
     residual = np.asarray(residual, dtype=float).ravel()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import (
+    FINE_TUNE,
     DataConfig,
     LossConfig,
     ModelConfig,
@@ -191,7 +192,7 @@ class FineTuneConfig:
 
     stages: tuple[StageConfig, ...] = ()
     """Training stages; empty: the two-step protocol, shortened: mse (60 epochs), llpr heads,
-    force-nll (20 epochs at a quarter of ``training.learning_rate``). A force-nll stage alone
+    then the two-step protocol's fine-tune (``config.FINE_TUNE``). A force-nll stage alone
     is cheaper but fits the new frames' mean energies and forces less well."""
     loss: LossConfig = LossConfig()
     """Loss weights."""
@@ -202,9 +203,7 @@ class FineTuneConfig:
         """The stages to run."""
         if self.stages:
             return self.stages
-        return (StageConfig(kind="mse", epochs=60), StageConfig(kind="llpr"),
-                StageConfig(kind="force-nll", epochs=20,
-                            learning_rate=self.training.learning_rate / 4))
+        return (StageConfig(kind="mse", epochs=60), StageConfig(kind="llpr"), FINE_TUNE)
 
     def train_config(self, model: ModelConfig, init_model: str, train_file: str,
                      validation_file: str, output_dir: str) -> TrainConfig:

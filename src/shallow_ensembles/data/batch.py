@@ -71,7 +71,7 @@ class Batch(NamedTuple):
     shifts: torch.Tensor  # (P, 3) cell shifts, same dtype as positions
     structure: torch.Tensor  # (N,) int64, structure index of every atom
     n_atoms: torch.Tensor  # (S,) int64
-    energy: torch.Tensor | None = None  # (S,) eV
+    energy: torch.Tensor | None = None  # (S,) eV, always float64
     forces: torch.Tensor | None = None  # (N, 3) eV/Å
     stress: torch.Tensor | None = None  # (S, 6) eV/Å³
     stress_mask: torch.Tensor | None = None  # (S,) bool, structures with a stress label
@@ -96,14 +96,14 @@ class Batch(NamedTuple):
     def to(self, device=None, dtype=None) -> Batch:
         """Move to ``device``; floating tensors to ``dtype``."""
 
-        def move(x):
+        def move(name, x):
             if x is None:
                 return None
-            if x.is_floating_point():
+            if x.is_floating_point() and name != "energy":  # energy labels stay float64
                 return x.to(device=device, dtype=dtype)
             return x.to(device=device)
 
-        return Batch(*(move(x) for x in self))
+        return Batch(*(move(name, x) for name, x in zip(self._fields, self, strict=True)))
 
     @classmethod
     def from_atoms(cls, frames: Sequence[Atoms] | Atoms, cutoff: float, dtype=torch.float64):
@@ -123,7 +123,8 @@ def collate(graphs: Sequence[Graph], dtype=torch.float64) -> Batch:
 
     energy = forces = stress = stress_mask = None
     if all(g.energy is not None for g in graphs):
-        energy = torch.tensor([g.energy for g in graphs], dtype=dtype)
+        # labels of total energies stay float64: float32 resolves ~2 meV at 3·10⁴ eV
+        energy = torch.tensor([g.energy for g in graphs], dtype=torch.float64)
     if all(g.forces is not None for g in graphs):
         forces = torch.as_tensor(cat("forces"), dtype=dtype)
     if any(g.stress is not None for g in graphs):

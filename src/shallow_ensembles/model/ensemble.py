@@ -15,11 +15,21 @@ Contract (``forward``): member atomic energies ``(N, M)`` in eV. Everything else
 ``stress_ensemble``         (M, S, 6)  eV/Å³    member stresses
 ==========================  =========  =======  =============================================
 
-Member atomic energies are e_im = s_Z (w_m·g_i + b_m) + μ_Z with g_i the last-layer features
-(backbone features through an optional bottleneck of width d), s_Z a learnable per-species
-scale and μ_Z the per-species composition baseline. Because the head is linear,
-E_m = w_m·G + const with G = Σ_i s_Z g_i, so the member forces need the Jacobian of G (d rows),
-not one backward pass per member (method notes, "Model").
+Member atomic energies are e_im = s_Z [w_m·(g_i − c_Z) + β_Z] + μ_Z with g_i the last-layer
+features (backbone features through an optional bottleneck of width d), c_Z their per-species
+centre (a buffer, the mean of g over the training atoms of species Z), s_Z a learnable
+per-species scale, β_Z a learnable per-species shift shared by every member and μ_Z the fixed
+per-species composition baseline. Members differ only in w_m, and they act on centred features:
+a member offset that is the same in every frame of a composition (a per-member bias, or
+features whose per-species mean is far from zero) cannot arise, so σ_E measures the structure.
+:meth:`ShallowEnsemble.centre_features` moves c_Z and compensates β_Z so that the ensemble mean
+is unchanged. Because the head is linear, E_m = w_m·G + const with G = Σ_i s_Z g_i, so the
+member forces need the Jacobian of G (d rows), not one backward pass per member (method notes,
+"Model").
+
+Energies are accumulated in float64 whatever the network's dtype (μ_Z is added and atoms are
+summed in float64): a float32 total of −3·10⁴ eV would resolve only ~2 meV. Forces, stresses
+and their ensembles keep the network's dtype.
 """
 
 from __future__ import annotations
@@ -61,9 +71,11 @@ class ShallowEnsemble(nn.Module):
             self.bottleneck = nn.Sequential(nn.Linear(width, bottleneck), nn.SiLU())
             width = bottleneck
         self.n_last = width
-        self.head = nn.Linear(width, n_members)
+        self.head = nn.Linear(width, n_members, bias=False)
         n_species = len(self.species)
         self.scale = nn.Parameter(torch.ones(n_species))
+        self.shift = nn.Parameter(torch.zeros(n_species))
+        self.register_buffer("feature_centre", torch.zeros(n_species, width))
         self.register_buffer("composition", torch.zeros(n_species))
         self.register_buffer("alpha_energy", torch.tensor(1.0))
         self.register_buffer("alpha_forces", torch.tensor(1.0))
@@ -97,13 +109,29 @@ class ShallowEnsemble(nn.Module):
         return self.bottleneck(self.backbone(batch, edge_vectors))
 
     def heads(self, features: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """Member atomic energies (N, M), eV, from last-layer features (N, d)."""
+        """Member atomic energies (N, M), eV, float64, from last-layer features (N, d)."""
         z = self.species_index[numbers]
-        return self.scale[z, None] * self.head(features) + self.composition[z, None]
+        centred = features - self.feature_centre[z]
+        learned = self.scale[z, None] * (self.head(centred) + self.shift[z, None])
+        return learned.double() + self.composition[z, None].double()
 
     def forward(self, batch: Batch, edge_vectors=None) -> torch.Tensor:
-        """Member atomic energies e_im, (N, M), eV."""
+        """Member atomic energies e_im, (N, M), eV, float64."""
         return self.heads(self.last_layer_features(batch, edge_vectors), batch.numbers)
+
+    @torch.no_grad()
+    def centre_features(self, centre: torch.Tensor) -> float:
+        """Set the per-species feature centre c_Z (n_species, d), keeping the mean unchanged.
+
+        The shared shift absorbs the move: β_Z += w̄·(c_new − c_old), so Ē is unchanged and
+        each member moves by −s_Z (w_m − w̄)·(c_new − c_old) per atom: only the member spread
+        changes. Returns the largest |c_new − c_old|.
+        """
+        centre = centre.to(self.feature_centre)
+        delta = centre - self.feature_centre
+        self.shift += delta @ self.head.weight.mean(0)
+        self.feature_centre.copy_(centre)
+        return float(delta.abs().max()) if delta.numel() else 0.0
 
     # --- derived outputs ---------------------------------------------------------------------
     def predict(self, batch: Batch, *, forces: bool = True, stress: bool = False,
@@ -241,19 +269,29 @@ class ShallowEnsemble(nn.Module):
         return d_pos, virial
 
     def structure_features(self, batch: Batch) -> torch.Tensor:
-        """x_k = [G_k, Σ_i s_Z] / N_k, (S, d+1): the linear model E_m/N = θ_m·x + Σμ/N.
+        """x_k = Σ_i s_Z (g_i − c_Z) / N_k, (S, d): the linear model E_m/N = w_m·x + shared/N.
 
-        θ_m = [w_m, b_m]. Used by last-layer (LLPR) and subsampling initialisation.
+        Used by last-layer (LLPR) and subsampling initialisation (``shared_energy``: the part
+        every member has in common).
         """
         features = self.last_layer_features(batch)
-        sums = self._structure_sums(features, batch)
-        ones = self._structure_sums(torch.ones_like(features[:, :1]), batch)
-        return torch.cat([sums, ones], dim=1) / batch.n_atoms[:, None].to(sums.dtype)
+        centred = features - self.feature_centre[self.species_index[batch.numbers]]
+        sums = self._structure_sums(centred, batch)
+        return sums / batch.n_atoms[:, None].to(sums.dtype)
 
-    def baseline_energy(self, batch: Batch) -> torch.Tensor:
-        """Σ_i μ_Z per structure, (S,) eV."""
-        mu = self.composition[self.species_index[batch.numbers]]
-        return mu.new_zeros(batch.n_structures).index_add(0, batch.structure, mu)
+    def shared_energy(self, batch: Batch) -> torch.Tensor:
+        """Σ_i (μ_Z + s_Z β_Z) per structure, (S,) eV, float64: the member-independent part."""
+        z = self.species_index[batch.numbers]
+        per_atom = self.composition[z].double() + (self.scale[z] * self.shift[z]).double()
+        return per_atom.new_zeros(batch.n_structures).index_add(0, batch.structure, per_atom)
+
+    def species_feature_means(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-species sums of the features g_i (n_species, d) and atom counts (n_species,)."""
+        features = self.last_layer_features(batch)
+        z = self.species_index[batch.numbers]
+        sums = features.new_zeros(len(self.species), features.shape[1]).index_add(0, z, features)
+        counts = torch.bincount(z, minlength=len(self.species)).to(features.dtype)
+        return sums, counts
 
 
 def _differentiable_edges(batch: Batch, positions_grad: bool, stress: bool):

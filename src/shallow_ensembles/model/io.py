@@ -2,7 +2,7 @@
 
 Layout (a plain dict, loadable with ``torch.load(weights_only=True)``)::
 
-    format: "shallow-ensembles-model"    format_version: 1
+    format: "shallow-ensembles-model"    format_version: 2
     hyperparameters: ModelConfig dict    species: [Z, ...]    cutoff_A: float
     units: {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³"}
     calibration: {"alpha_energy": float, "alpha_forces": float}
@@ -25,7 +25,9 @@ from ..fileio import atomic_path
 from .ensemble import ShallowEnsemble
 
 FORMAT = "shallow-ensembles-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: heads without per-member biases, a shared per-species shift and a feature centre (1: heads
+with per-member biases, whose members carried a constant offset per composition; retrain)."""
 UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³"}
 
 
@@ -88,6 +90,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ShallowE
         raise ModelFileError(path, "not a shallow-ensembles model file (no 'format' "
                              f"'{FORMAT}'); refusing to load it")
     version = payload.get("format_version")
+    if version == 1:
+        raise ModelFileError(path, "format_version 1 (heads with per-member biases, whose "
+                             "energy σ was mostly a constant offset per composition) is no longer "
+                             "read; retrain it with this version (the data and config suffice)")
     if version != FORMAT_VERSION:
         raise ModelFileError(path, f"format_version {version} is not supported "
                              f"(this package reads {FORMAT_VERSION}); upgrade shallow-ensembles")

@@ -1,6 +1,9 @@
-"""Head initialisation for stage 1 of a protocol. Method notes, "Head initialisation".
+"""Head initialisation for stage 1 of a protocol, and the feature centring every stage starts
+from. Method notes, "Head initialisation".
 
-Every function edits ``model.head`` in place and is deterministic for a given generator.
+Members share everything but their head weights w_m (M, d): every function here edits
+``model.head.weight`` in place (LLPR and subsampling read the shared shift β_Z, never change it)
+and is deterministic for a given generator.
 """
 
 from __future__ import annotations
@@ -10,100 +13,137 @@ from collections.abc import Sequence
 
 import torch
 
+from ..config import LossConfig
 from ..data.batch import Graph, collate
 from ..model import ShallowEnsemble
 from .llpr import LastLayerPosterior, fit_posterior
 
 LOG = logging.getLogger(__name__)
 
-
-def head_parameters(model: ShallowEnsemble) -> torch.Tensor:
-    """θ_m = [w_m, b_m] of every head, (M, d+1)."""
-    return torch.cat([model.head.weight, model.head.bias[:, None]], dim=1).detach()
+CENTRING_FRAMES = 256
+"""Training frames (the first ones, in a fixed order) over which the feature centre is taken."""
 
 
-def set_head_parameters(model: ShallowEnsemble, theta: torch.Tensor) -> None:
-    """Write θ (M, d+1) into the heads."""
+def head_weights(model: ShallowEnsemble) -> torch.Tensor:
+    """w_m of every head, (M, d)."""
+    return model.head.weight.detach().clone()
+
+
+def set_head_weights(model: ShallowEnsemble, weights: torch.Tensor) -> None:
+    """Write w (M, d) into the heads."""
     with torch.no_grad():
-        model.head.weight.copy_(theta[:, :-1])
-        model.head.bias.copy_(theta[:, -1])
+        model.head.weight.copy_(weights)
+
+
+@torch.no_grad()
+def centre_features(model: ShallowEnsemble, graphs: Sequence[Graph], batch_size: int = 16) -> float:
+    """Centre the last-layer features per species on ``graphs`` (the mean is unchanged).
+
+    c_Z = mean of g_i over the atoms of species Z in the first ``CENTRING_FRAMES`` graphs;
+    species absent there keep their centre. Returns the largest move of a centre component.
+    """
+    graphs = list(graphs)[:CENTRING_FRAMES]
+    sums = counts = None
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(graphs), batch_size):
+        batch = collate(graphs[start:start + batch_size], dtype=model.dtype).to(
+            model.feature_centre.device)
+        s, c = model.species_feature_means(batch)
+        sums, counts = (s, c) if sums is None else (sums + s, counts + c)
+    model.train(was_training)
+    if sums is None:
+        return 0.0
+    present = counts > 0
+    centre = model.feature_centre.clone()
+    centre[present] = sums[present] / counts[present, None]
+    return model.centre_features(centre)
 
 
 def random_heads(model: ShallowEnsemble, generator: torch.Generator) -> None:
-    """Independent random heads (uniform ±1/√d, as ``nn.Linear``), zero-mean bias."""
-    d = model.head.weight.shape[1]
+    """Independent random heads (uniform ±1/√d, as ``nn.Linear``)."""
+    d = model.n_last
     bound = 1.0 / d**0.5
-    theta = (torch.rand(model.n_members, d + 1, generator=generator, dtype=model.dtype) * 2 - 1)
-    theta = theta * bound
-    theta[:, -1] = 0.0
-    set_head_parameters(model, theta)
+    weights = torch.rand(model.n_members, d, generator=generator, dtype=model.dtype) * 2 - 1
+    set_head_weights(model, weights * bound)
 
 
 def isotropic_heads(model: ShallowEnsemble, scale: float, generator: torch.Generator) -> None:
-    """θ_m = θ_MAP + s ε_m around the mean head, re-centred (mean θ_m = θ_MAP)."""
-    theta = head_parameters(model)
-    mean = theta.mean(0, keepdim=True)
-    noise = scale * torch.randn(theta.shape, generator=generator, dtype=theta.dtype)
-    set_head_parameters(model, mean + noise - noise.mean(0, keepdim=True))
+    """w_m = w_MAP + s ε_m around the mean head, re-centred (mean w_m = w_MAP)."""
+    weights = head_weights(model)
+    mean = weights.mean(0, keepdim=True)
+    noise = scale * torch.randn(weights.shape, generator=generator, dtype=weights.dtype)
+    set_head_weights(model, mean + noise - noise.mean(0, keepdim=True))
 
 
 @torch.no_grad()
 def linear_targets(model: ShallowEnsemble, graphs: Sequence[Graph], batch_size: int = 16):
-    """Structure features x (S, d+1) and per-atom targets y = (E − Σμ)/N (S,)."""
-    xs, ys = [], []
+    """Structure features x (S, d), per-atom targets y = (E − shared)/N (S,) and N (S,)."""
+    xs, ys, ns = [], [], []
     for start in range(0, len(graphs), batch_size):
         batch = collate(graphs[start:start + batch_size], dtype=model.dtype)
+        n = batch.n_atoms.to(torch.float64)
         xs.append(model.structure_features(batch))
-        ys.append((batch.energy - model.baseline_energy(batch)) / batch.n_atoms.to(model.dtype))
-    return torch.cat(xs), torch.cat(ys)
-
-
+        ys.append(((batch.energy - model.shared_energy(batch)) / n).to(model.dtype))
+        ns.append(n)
+    return torch.cat(xs), torch.cat(ys), torch.cat(ns)
 
 
 def llpr_heads(model: ShallowEnsemble, train: Sequence[Graph], validation: Sequence[Graph],
                generator: torch.Generator, regularizer: float | None = None,
-               force_rows: bool = False) -> LastLayerPosterior:
+               force_rows: bool = False, loss: LossConfig | None = None) -> LastLayerPosterior:
     """Sample heads from the last-layer Laplace posterior around the mean head (MAP).
 
-    Optional force rows add −∂x/∂R rows (per atom and component, the feature Jacobian from
-    :meth:`ShallowEnsemble.explicit_row_gradients`) to Φ.
+    Φ holds the rows of the stage-1 (MSE) loss's Gauss–Newton matrix, weighted as the loss
+    weights them: energy rows √(w_E N_k^(−a) / S) ∂E_k/∂w = √(w_E N_k^(2−a) / S) x_k and, with
+    ``force_rows``, one row √(w_F / (3 N_atoms)) ∂F_iα/∂w per force component (the feature
+    Jacobian from :meth:`ShallowEnsemble.explicit_row_gradients`). Only their relative weight
+    matters: ς and α are chosen on validation.
     """
-    theta = head_parameters(model)
-    theta_map = theta.mean(0)
-    set_head_parameters(model, theta_map.expand_as(theta).clone())
-    x_train, _ = linear_targets(model, train)
-    x_val, y_val = linear_targets(model, validation)
-    rows = [x_train]
+    loss = loss or LossConfig()
+    centre_features(model, train)
+    weights = head_weights(model)
+    w_map = weights.mean(0)
+    x_train, _, n_train = linear_targets(model, train)
+    x_val, y_val, _ = linear_targets(model, validation)
+    energy_weight = (loss.energy_weight * n_train ** (2 - loss.atom_exponent) / len(train)).sqrt()
+    rows = [x_train * energy_weight[:, None].to(x_train)]
     if force_rows:
-        rows += [_force_rows(model, g) for g in train]
-    residual = y_val - x_val @ theta_map
+        n_components = 3 * float(n_train.sum())
+        scale = (loss.forces_weight / n_components) ** 0.5
+        rows += [scale * _force_rows(model, g) for g in train]
+    residual = y_val - x_val @ w_map
     post = fit_posterior(torch.cat(rows), x_val, residual, regularizer)
-    set_head_parameters(model, post.sample(theta_map, model.n_members, generator))
+    set_head_weights(model, post.sample(w_map, model.n_members, generator))
     return post
 
 
 def _force_rows(model: ShallowEnsemble, graph: Graph) -> torch.Tensor:
-    """Rows ∂G/∂R of one structure, (3N, d+1) (the bias column has no force)."""
+    """Rows ∂G/∂R of one structure, (3N, d)."""
     batch = collate([graph], dtype=model.dtype)
     basis = torch.eye(model.n_last, dtype=model.dtype)
     d_pos, _ = model.explicit_row_gradients(batch, basis)
-    d_pos = d_pos.detach().reshape(d_pos.shape[0], -1).T
-    return torch.cat([d_pos, torch.zeros_like(d_pos[:, :1])], dim=1)
+    return d_pos.detach().reshape(d_pos.shape[0], -1).T
 
 
 def subsample_heads(model: ShallowEnsemble, train: Sequence[Graph], generator: torch.Generator,
                     ridge: float = 1e-6) -> None:
-    """Fit each head by ridge regression on a bootstrap resample (backbone frozen).
+    """Heads from ridge fits on bootstrap resamples (backbone frozen), re-centred on the MAP.
 
-    θ_m = argmin Σ_{k ∈ B_m} (θ·x_k − y_k)² + ridge · tr(XᵀX)/D · |θ|².
+    ŵ_m = argmin Σ_{k ∈ B_m} (w·x_k − y_k)² + ridge · tr(XᵀX)/d · |w|², then
+    w_m = w_MAP + ŵ_m − mean ŵ: the bootstrap sets the spread, the trained head the mean
+    (ridge fits to energies alone would otherwise replace the force-trained mean).
     """
-    x, y = linear_targets(model, train)
+    centre_features(model, train)
+    w_map = head_weights(model).mean(0)
+    x, y, _ = linear_targets(model, train)
     n, dim = x.shape
-    heads = []
+    fits = []
     for _ in range(model.n_members):
         idx = torch.randint(0, n, (n,), generator=generator)
         xb, yb = x[idx], y[idx]
         gram = xb.T @ xb
         lam = ridge * float(torch.trace(gram)) / dim
-        heads.append(torch.linalg.solve(gram + lam * torch.eye(dim, dtype=x.dtype), xb.T @ yb))
-    set_head_parameters(model, torch.stack(heads))
+        fits.append(torch.linalg.solve(gram + lam * torch.eye(dim, dtype=x.dtype), xb.T @ yb))
+    fits = torch.stack(fits)
+    set_head_weights(model, w_map + fits - fits.mean(0, keepdim=True))

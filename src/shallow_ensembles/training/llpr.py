@@ -1,8 +1,9 @@
 """Last-layer Laplace / LLPR posterior of the heads. Method notes, "Head initialisation".
 
-The heads are a linear model in θ = [w, b] on structure features x_k (``ShallowEnsemble.
-structure_features``, per-atom normalised): E_k/N_k = θ·x_k + baseline. With Φ the rows x_k
-(and optionally force rows), C = ΦᵀΦ + ςI and the analytic uncertainty is
+The heads are a linear model in their weights θ = w on centred structure features x_k
+(``ShallowEnsemble.structure_features``, per-atom normalised): E_k/N_k = θ·x_k + shared/N_k
+(the shift every member shares is not sampled). With Φ the loss-weighted rows (energy rows and
+optionally force rows, ``init.llpr_heads``), C = ΦᵀΦ + ςI and the analytic uncertainty is
 σ²(x) = α² xᵀ C⁻¹ x. Heads are sampled as θ_m = θ_MAP + α C^(−½) z_m, z_m ~ N(0, I), and
 re-centred so that their mean is exactly θ_MAP (the ensemble mean is the MAP prediction).
 

@@ -24,15 +24,19 @@ from . import losses
 
 
 def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
-               training: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+               training: bool = True, method: str = "auto",
+               details: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of ``kind`` on ``batch`` and its parts (plain floats, for logs).
 
-    ``training`` keeps the graph for a parameter update (``create_graph`` through forces).
+    ``training`` keeps the graph for a parameter update (``create_graph`` through forces);
+    ``method`` is the member-force route (:meth:`ShallowEnsemble.member_forces`). With member
+    forces, ``details`` (if given) receives ``force_residual`` and ``force_sigma`` (N, 3), eV/Å,
+    detached, for calibration metrics.
     """
     want_stress = cfg.stress_weight > 0 and batch.stress is not None
     member = kind == "force-nll"
     out = model.predict(batch, forces=not member, stress=want_stress and not member,
-                        member_forces=member, create_graph=training)
+                        member_forces=member, create_graph=training, method=method)
     weights = losses.structure_weights(batch.n_atoms, cfg.atom_exponent).to(batch.energy)
     members = out["energy_ensemble"]
     if kind == "mse":
@@ -47,6 +51,9 @@ def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
         force_term = losses.force_nll(forces, batch.forces, cfg.force_nll, cfg.variance_floor,
                                       cfg.force_jitter).mean() / 3
         mean_forces = forces.mean(0)
+        if details is not None:
+            details["force_residual"] = (batch.forces - mean_forces).detach()
+            details["force_sigma"] = forces.detach().std(0, correction=1)
     else:
         mean_forces = out["forces"]
         force_term = losses.mse(mean_forces, batch.forces).mean()
@@ -65,7 +72,7 @@ def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
 
 
 def rescale_spread(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig) -> float:
-    """Scale the head deviations θ_m − θ̄ by the c that minimises the NLL loss of ``kind``.
+    """Scale the head deviations w_m − w̄ by the c that minimises the NLL loss of ``kind``.
 
     Members then deviate c times as much from the (unchanged) mean, in energies and forces
     alike; c is searched on a log grid 10^(−3..3). Starting an NLL stage from heads whose
@@ -92,7 +99,7 @@ def rescale_spread(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossCon
     grid = [10.0 ** (k / 8) for k in range(-24, 25)]
     best = min(grid, key=loss)
     with torch.no_grad():
-        for p in (model.head.weight, model.head.bias):
-            mean = p.mean(0, keepdim=True)
-            p.copy_(mean + best * (p - mean))
+        weight = model.head.weight
+        mean = weight.mean(0, keepdim=True)
+        weight.copy_(mean + best * (weight - mean))
     return best

@@ -69,14 +69,17 @@ def build_model(config: TrainConfig, train_graphs, species) -> ShallowEnsemble:
         model.composition.copy_(torch.as_tensor(mu))
         model.scale.fill_(float(np.sqrt(np.mean(forces**2))) or 1.0)
     model.backbone.fit_density_scale(collate(train_graphs[:32], dtype=model.dtype))
+    heads.centre_features(model, train_graphs)
     return model
 
 
-def run_init_stage(model, stage, stage_index, data_train, data_val, seed) -> None:
-    """Apply a head-initialisation stage (deterministic for a seed)."""
-    gen = torch.Generator().manual_seed(seed * 7919 + stage_index)
+def run_init_stage(model, stage, stage_index, data_train, data_val, config: TrainConfig) -> None:
+    """Apply a head-initialisation stage (deterministic for the training seed)."""
+    gen = torch.Generator().manual_seed(config.training.seed * 7919 + stage_index)
+    heads.centre_features(model, data_train)
     if stage.kind == "llpr":
-        heads.llpr_heads(model, data_train, data_val, gen, stage.regularizer, stage.force_rows)
+        heads.llpr_heads(model, data_train, data_val, gen, stage.regularizer, stage.force_rows,
+                         config.loss)
     elif stage.kind == "isotropic":
         heads.isotropic_heads(model, stage.noise, gen)
     elif stage.kind == "subsample":
@@ -126,7 +129,7 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
         if stage.kind in TRAINED_STAGES:
             trainer.run_stage(k, stage, state if k == first else None)
         else:
-            run_init_stage(model, stage, k, train_graphs, val_graphs, config.training.seed)
+            run_init_stage(model, stage, k, train_graphs, val_graphs, config)
         trainer.save_checkpoint({"stage": k + 1, "optimizer": None, "progress": None})
     model = model.cpu()
     if config.calibrate and config.model.n_members > 1:

@@ -11,6 +11,7 @@ is seeded per stage and epoch).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -18,15 +19,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import StageConfig, TrainConfig
-from ..data.baseline import fit_composition_baseline
+from ..config import LossConfig, StageConfig, TrainConfig
 from ..data.batch import Graph, collate
 from ..fileio import atomic_path
+from ..metrics import rll
 from ..model import ShallowEnsemble
+from .init import centre_features
 from .objectives import rescale_spread, stage_loss
 
 LOG = logging.getLogger(__name__)
@@ -35,12 +38,13 @@ LOG = logging.getLogger(__name__)
 class _LossModule(nn.Module):
     """Wraps the model so that torch DDP sees the loss computation as ``forward``."""
 
-    def __init__(self, model, kind, loss_cfg):
+    def __init__(self, model, kind, loss_cfg, method):
         super().__init__()
-        self.model, self.kind, self.loss_cfg = model, kind, loss_cfg
+        self.model, self.kind, self.loss_cfg, self.method = model, kind, loss_cfg, method
 
     def forward(self, batch):
-        return stage_loss(self.model, batch, self.kind, self.loss_cfg, training=True)
+        return stage_loss(self.model, batch, self.kind, self.loss_cfg, training=True,
+                          method=self.method)
 
 
 def distributed_info() -> tuple[int, int]:
@@ -63,8 +67,13 @@ def atomic_torch_save(obj, path: Path) -> None:
 class Trainer:
     """Runs the trained stages of a protocol on fixed training and validation graphs."""
 
-    LOG_FIELDS = ("stage", "kind", "epoch", "train_loss", "val_loss", "val_rmse_e_per_atom",
-                  "val_rmse_f", "lr", "seconds")
+    LOG_FIELDS = ("stage", "kind", "epoch", "train_loss", "val_loss", "val_force_term",
+                  "val_rmse_e_per_atom", "val_rmse_f", "val_rll_f", "lr", "seconds",
+                  "cpu_seconds")
+    """``train_log.csv`` columns. ``val_force_term``: the force part of the validation loss (the
+    force NLL in force-nll stages); ``val_rll_f``: validation RLL of the force components, %,
+    after the NLL-optimal α_F fitted on the same frames (force-nll stages only; else empty);
+    ``seconds`` / ``cpu_seconds``: wall and process CPU time of the epoch, validation included."""
 
     def __init__(self, model: ShallowEnsemble, train: Sequence[Graph], validation: Sequence[Graph],
                  config: TrainConfig, run_dir: str | Path):
@@ -111,7 +120,7 @@ class Trainer:
             return peak
         if self.cfg.scheduler == "plateau":
             return peak * plateau_factor
-        warm = self.cfg.warmup_epochs
+        warm = self.cfg.warmup_epochs if stage.warmup_epochs is None else stage.warmup_epochs
         if epoch < warm:
             return peak * (epoch + 1) / (warm + 1)
         progress = (epoch - warm) / max(1, stage.epochs - warm)
@@ -123,29 +132,61 @@ class Trainer:
             p.requires_grad_(stage.trainable == "all" or name.startswith(("head.", "scale")))
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def validate(self, kind: str) -> dict[str, float]:
-        """Mean loss and RMSEs over the validation graphs."""
+    def validate(self, kind: str, loss_cfg: LossConfig) -> dict[str, float]:
+        """Mean loss, its parts and RMSEs over the validation graphs; ``rll_f`` (calibrated on
+        these frames) when the stage has member forces."""
         sums: dict[str, float] = {}
         n = 0
+        residuals, sigmas = [], []
         for start in range(0, len(self.validation), self.cfg.batch_size):
             graphs = self.validation[start:start + self.cfg.batch_size]
             batch = collate(graphs, dtype=self.model.dtype).to(self.device)
-            loss, parts = stage_loss(self.model, batch, kind, self.config.loss, training=False)
+            details: dict = {}
+            loss, parts = stage_loss(self.model, batch, kind, loss_cfg, training=False,
+                                     method=self.cfg.member_forces, details=details)
             for key, value in {"loss": float(loss.detach()), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + value * len(graphs)
             n += len(graphs)
-        return {k: v / n for k, v in sums.items()}
+            if details:
+                residuals.append(details["force_residual"].double().cpu().numpy().ravel())
+                sigmas.append(details["force_sigma"].double().cpu().numpy().ravel())
+        result = {k: v / n for k, v in sums.items()}
+        if residuals:
+            r, sigma = np.concatenate(residuals), np.maximum(np.concatenate(sigmas), 1e-12)
+            alpha = float(np.sqrt(np.mean((r / sigma) ** 2)))
+            result["rll_f"] = rll(r, alpha * sigma)
+        return result
 
     @property
     def device(self):
         return next(self.model.parameters()).device
 
+    def stage_settings(self, stage: StageConfig) -> tuple[LossConfig, int | None, str]:
+        """The stage's loss config (energy weight override), patience and monitored key."""
+        loss = self.config.loss
+        if stage.energy_weight is not None:
+            loss = dataclasses.replace(loss, energy_weight=stage.energy_weight)
+        patience = self.cfg.patience if stage.patience is None else stage.patience
+        monitor = stage.monitor
+        if monitor == "auto":
+            monitor = "force-nll" if stage.kind == "force-nll" else "loss"
+        return loss, patience, ("forces" if monitor == "force-nll" else "loss")
+
     def run_stage(self, stage_index: int, stage: StageConfig, state: dict | None) -> None:
-        """Train one stage, resuming from ``state`` when it belongs to this stage."""
+        """Train one stage, resuming from ``state`` when it belongs to this stage.
+
+        Every epoch starts by centring the last-layer features per species on the training
+        frames (:func:`~shallow_ensembles.training.init.centre_features`), and the stage ends
+        with the epoch of the best monitored validation loss, centred once more: the features
+        drift within an epoch, and for large structures (whose per-species mean features vary
+        little from frame to frame) even a small drift would give each member a constant
+        offset. Centring never changes the mean prediction (the shared shift absorbs it).
+        """
+        loss_cfg, patience, monitor = self.stage_settings(stage)
         params = self._parameters(stage)
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
         optimizer = opt_cls(params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
-        module = _LossModule(self.model, stage.kind, self.config.loss)
+        module = _LossModule(self.model, stage.kind, loss_cfg, self.cfg.member_forces)
         if self.world > 1:
             module = nn.parallel.DistributedDataParallel(module)
         progress = {"epoch": 0, "best": math.inf, "bad": 0, "elapsed": 0.0, "plateau": 1.0,
@@ -156,8 +197,9 @@ class Trainer:
             progress.update(state["progress"])
             best_model = state.get("best_model")
         if progress["epoch"] == 0 and stage.kind in ("energy-nll", "force-nll"):
+            centre_features(self.model, self.train)
             sample = collate(self.train[:16], dtype=self.model.dtype).to(self.device)
-            scale = rescale_spread(self.model, sample, stage.kind, self.config.loss)
+            scale = rescale_spread(self.model, sample, stage.kind, loss_cfg)
             LOG.info("stage %d: member spread rescaled by %.3g before training", stage_index, scale)
         bar = None
         if self.cfg.progress and self.rank == 0:
@@ -169,9 +211,12 @@ class Trainer:
             while progress["epoch"] < stage.epochs:
                 if stage.max_minutes is not None and progress["elapsed"] > 60 * stage.max_minutes:
                     break
-                if self.cfg.patience is not None and progress["bad"] >= self.cfg.patience:
+                if patience is not None and progress["bad"] >= patience:
+                    LOG.info("stage %d: no better validation %s for %d epochs; keeping epoch %d",
+                             stage_index, monitor, patience, progress["epoch"] - patience)
                     break
-                row = self._epoch(stage_index, stage, module, optimizer, progress)
+                row = self._epoch(stage_index, stage, module, optimizer, progress, loss_cfg,
+                                  monitor)
                 if progress["bad"] == 0:
                     best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 self.save_checkpoint({"stage": stage_index, "optimizer": optimizer.state_dict(),
@@ -187,34 +232,19 @@ class Trainer:
             self.model.load_state_dict(best_model)
         for p in self.model.parameters():
             p.requires_grad_(True)
-        self.recentre_baseline()
+        moved = centre_features(self.model, self.train)
+        LOG.info("stage %d: last-layer features re-centred on the training frames (largest "
+                 "move %.3g; the mean prediction is unchanged, member offsets are removed)",
+                 stage_index, moved)
 
-    @torch.no_grad()
-    def recentre_baseline(self) -> None:
-        """Refit the per-element energy shifts μ_Z to the training residuals (least squares).
-
-        Forces and member spreads do not depend on μ_Z; NLL stages constrain the mean energy
-        only up to σ_E, and a uniform offset (every frame of the same composition) can drift.
-        """
-        residuals, numbers = [], []
-        for start in range(0, len(self.train), self.cfg.batch_size):
-            graphs = self.train[start:start + self.cfg.batch_size]
-            batch = collate(graphs, dtype=self.model.dtype).to(self.device)
-            atom_energies = self.model(batch)
-            totals = atom_energies.new_zeros(batch.n_structures, atom_energies.shape[1])
-            totals = totals.index_add(0, batch.structure, atom_energies).mean(1)
-            residuals += (batch.energy - totals).tolist()
-            numbers += [g.numbers for g in graphs]
-        shift = fit_composition_baseline(numbers, residuals, self.model.species)
-        self.model.composition += torch.as_tensor(shift, dtype=self.model.composition.dtype,
-                                                  device=self.model.composition.device)
-
-    def _epoch(self, stage_index, stage, module, optimizer, progress) -> dict:
-        start = time.perf_counter()
+    def _epoch(self, stage_index, stage, module, optimizer, progress, loss_cfg, monitor) -> dict:
+        start, cpu_start = time.perf_counter(), time.process_time()
         epoch = progress["epoch"]
         lr = self._lr(stage, epoch, progress["plateau"])
         for group in optimizer.param_groups:
             group["lr"] = lr
+        moved = centre_features(self.model, self.train)
+        LOG.debug("stage %d epoch %d: feature centre moved by %.3g", stage_index, epoch, moved)
         self.model.train()
         total, count = 0.0, 0
         for graphs in self._batches(stage_index, epoch):
@@ -228,18 +258,20 @@ class Trainer:
             optimizer.step()
             total, count = total + float(loss.detach()), count + 1
         self.model.eval()
-        val = self.validate(stage.kind)
+        val = self.validate(stage.kind, loss_cfg)
         progress["epoch"] = epoch + 1
         progress["elapsed"] += time.perf_counter() - start
-        if val["loss"] < progress["best"]:
-            progress["best"], progress["bad"] = val["loss"], 0
+        if val[monitor] < progress["best"]:
+            progress["best"], progress["bad"] = val[monitor], 0
         else:
             progress["bad"] += 1
         self._plateau(val["loss"], progress)
         row = {"stage": stage_index, "kind": stage.kind, "epoch": epoch + 1,
                "train_loss": total / max(count, 1), "val_loss": val["loss"],
-               "val_rmse_e_per_atom": val["rmse_e_per_atom"], "val_rmse_f": val["rmse_f"],
-               "lr": lr, "seconds": time.perf_counter() - start}
+               "val_force_term": val["forces"], "val_rmse_e_per_atom": val["rmse_e_per_atom"],
+               "val_rmse_f": val["rmse_f"], "val_rll_f": val.get("rll_f", ""), "lr": lr,
+               "seconds": time.perf_counter() - start,
+               "cpu_seconds": time.process_time() - cpu_start}
         self.history.append(row)
         self.write_log()
         return row
