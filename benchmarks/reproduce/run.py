@@ -87,9 +87,10 @@ def member_force_timing(system: System, data: dict) -> dict[str, float]:
 
 
 def train_one(system: System, data: dict, name: str, stages: list[dict],
-              training: dict | None = None) -> dict[str, float]:
+              training: dict | None = None, init: str | None = "") -> dict[str, float]:
     """Train one run into ``OUT/<system>/<name>``.
 
+    ``init`` names the run whose model it starts from ("": by ``FIRST_STAGE``).
     Returns its own ``cpu_s`` (CPU seconds of this process: the cost on one thread, unaffected
     by other jobs on a shared machine) and ``wall_s``.
     """
@@ -97,7 +98,7 @@ def train_one(system: System, data: dict, name: str, stages: list[dict],
     from shallow_ensembles.training import train
 
     folder = OUT / system.name
-    init = FIRST_STAGE.get(name)
+    init = FIRST_STAGE.get(name) if init == "" else init
     seed = int(name.removeprefix("mse-seed")) if name.startswith("mse-seed") else 0
     config = from_dict(TrainConfig, {
         "data": {"train_file": str(data["train"]), "validation_file": str(data["validation"]),
