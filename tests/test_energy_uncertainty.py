@@ -2,12 +2,13 @@
 numpy, feature centring that keeps the mean, and a trained ensemble whose σ_E varies from frame
 to frame and ranks its energy errors."""
 
+import ase.io
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from conftest import ETHANOL, tiny_model
+from conftest import tiny_model
 from shallow_ensembles import load_model
 from shallow_ensembles.calibration import predict_dataset
 from shallow_ensembles.cli import main
@@ -40,13 +41,33 @@ def test_centring_moves_only_the_spread_and_removes_the_offset(ethanol_frames):
     assert offset_share(after["energy_ensemble"].detach().numpy()) < 1e-12
 
 
+def emt_frames(n: int, stdev: float, seed: int):
+    """Rattled 2×2×2 fcc Cu cells (32 atoms) labelled by ASE's EMT (energies, forces)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+        atoms.rattle(stdev(k) if callable(stdev) else stdev, seed=seed + k)
+        atoms.calc = EMT()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(atoms)
+    return frames
+
+
 def test_trained_energy_sigma_varies_and_ranks_errors(tmp_path):
-    cfg = {"data": {"train_file": str(ETHANOL), "n_train": 36, "n_validation": 8,
-                    "n_test": 16},
-           "model": {"n_members": 4, "hidden": [24, 24], "bottleneck": 8, "n_radial": 5,
-                     "n_channels": 4, "cutoff_A": 4.0, "dtype": "float64"},
+    """Trained (two-step) on mildly rattled Cu and tested on ever more rattled cells, with EMT
+    as the oracle: the energy errors grow away from the training data and σ_E follows them."""
+    ase.io.write(tmp_path / "train.extxyz", emt_frames(48, 0.05, 0))
+    cfg = {"data": {"train_file": str(tmp_path / "train.extxyz"), "n_train": 40,
+                    "n_validation": 8, "n_test": 0},
+           "model": {"n_members": 4, "hidden": [16, 16], "bottleneck": 8, "n_radial": 4,
+                     "n_channels": 3, "cutoff_A": 4.0, "dtype": "float64"},
            "protocol": "two-step-llpr",
-           "stages": [{"kind": "mse", "epochs": 40}, {"kind": "llpr"},
+           "stages": [{"kind": "mse", "epochs": 30}, {"kind": "llpr"},
                       {"kind": "force-nll", "epochs": 6, "learning_rate": 0.001,
                        "warmup_epochs": 0}],
            "training": {"batch_size": 4, "threads": 1, "progress": False,
@@ -54,11 +75,40 @@ def test_trained_energy_sigma_varies_and_ranks_errors(tmp_path):
            "output_dir": str(tmp_path / "run")}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert main(["train", str(path), "--set", "training.seed=1"]) == 0
+    assert main(["train", str(path)]) == 0
     model = load_model(tmp_path / "run" / "model.pt")
-    frames = read_structures(ETHANOL)
-    pred = predict_dataset(model, graphs_from_atoms(frames, model.cutoff), member_forces=False)
-    sigma = pred["energy_sigma"]
-    assert offset_share(pred["energy_ensemble"]) < 0.2
-    assert sigma.std() / sigma.mean() > 0.2, "σ_E hardly changes with the structure"
-    assert spearman(np.abs(pred["ref_energy"] - pred["energy"]), sigma) > 0
+    def predict(frames):
+        ase.io.write(tmp_path / "test.extxyz", frames)
+        graphs = graphs_from_atoms(read_structures(tmp_path / "test.extxyz"), model.cutoff)
+        return predict_dataset(model, graphs, member_forces=False)
+
+    alike = predict(emt_frames(24, 0.05, 500))
+    assert offset_share(alike["energy_ensemble"]) < 0.2  # in distribution: no member offset
+    assert alike["energy_sigma"].std() / alike["energy_sigma"].mean() > 0.1
+    pred = predict(emt_frames(24, lambda k: 0.02 + 0.01 * k, 1000))
+    assert spearman(np.abs(pred["ref_energy"] - pred["energy"]), pred["energy_sigma"]) > 0.5
+
+
+def test_float32_network_sums_energies_in_float64():
+    """A float32 network with large per-element baselines: a 4×4×4 supercell has 64 times the
+    energy of its cell, and σ_E is the ddof = 1 spread of the members, both to float64 accuracy
+    of the sums (a float32 total of ~10⁵ eV would be off by ~10 meV)."""
+    from ase.build import bulk
+
+    model = tiny_model(species=(8, 22), bottleneck=4).float()
+    with torch.no_grad():
+        model.composition.copy_(torch.tensor([-430.0, -1600.0]))
+    cell = bulk("TiO", "rocksalt", a=4.2)
+    cell.rattle(0.02, seed=1)
+    small = model.predict(Batch.from_atoms(cell, model.cutoff, dtype=torch.float32),
+                          forces=False)
+    large = model.predict(Batch.from_atoms(cell.repeat(4), model.cutoff, dtype=torch.float32),
+                          forces=False)
+    assert large["energy"].dtype == torch.float64
+    energy_small, energy_large = float(small["energy"][0].detach()), float(
+        large["energy"][0].detach())
+    per_atom = energy_large / (64 * len(cell)) - energy_small / len(cell)
+    assert abs(per_atom) < 1e-6
+    members = large["energy_ensemble"][0].detach().numpy()
+    assert float(large["energy_uncertainty"][0].detach()) == pytest.approx(np.std(members, ddof=1),
+                                                                  rel=1e-9)

@@ -28,6 +28,17 @@ STRUCTURES = {
     "batio3": perovskite,
     "ethanol": lambda: molecule("CH3CH2OH"),
 }
+FRAMES = {
+    "water": lambda: ase.io.read(WATER, ":30"),
+    "batio3": lambda: [_rattled(perovskite(), 0.02 + 0.01 * k, k) for k in range(12)],
+    "ethanol": lambda: ase.io.read(ETHANOL, ":30"),
+}
+"""Frames of each system over which σ_E must vary (real data where the repository has it)."""
+
+
+def _rattled(atoms: Atoms, stdev: float, seed: int) -> Atoms:
+    atoms.rattle(stdev, seed=100 + seed)
+    return atoms
 
 
 def structure_for(path):
@@ -62,6 +73,40 @@ def test_forces_are_minus_the_energy_gradient(path):
     assert atoms.calc.get_property(K.ENERGY_UNCERTAINTY, atoms) > 0
     sigma_f = atoms.calc.get_property(K.FORCES_UNCERTAINTY, atoms)
     assert np.all(np.isfinite(sigma_f)) and sigma_f.mean() > 0
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.name for p in MODELS])
+def test_float32_model_is_consistent_at_ase_resolution(path):
+    """As shipped (float32 network, float64 energies): ASE's numerical forces at eps = 1e-3
+    match the analytic ones to 1 %, and σ_E is the ddof = 1 spread of the member energies."""
+    atoms = structure_for(path)
+    atoms.calc = ShallowEnsembleCalculator(path)
+    forces = atoms.get_forces()
+    rows = np.argsort(-np.linalg.norm(forces, axis=1))[:2]
+    probe = atoms.copy()
+    probe.calc = atoms.calc
+    numerical = calculate_numerical_forces(probe, eps=1e-3, iatoms=rows)
+    error = np.linalg.norm(numerical - forces[rows], axis=1)
+    assert np.all(error <= 0.01 * np.linalg.norm(forces[rows], axis=1)), error
+    ensemble = atoms.calc.get_property(K.ENERGY_ENSEMBLE, atoms)
+    sigma = atoms.calc.get_property(K.ENERGY_UNCERTAINTY, atoms)
+    assert sigma == pytest.approx(np.std(ensemble, ddof=1), rel=1e-6)
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.name for p in MODELS])
+def test_energy_sigma_describes_the_structure(path):
+    """σ_E is not a per-member constant: the offset share of the member-energy variance is
+    below 0.2 and σ_E changes from frame to frame by more than 5 % (coefficient of variation)."""
+    from shallow_ensembles.metrics import offset_share
+
+    calc = ShallowEnsembleCalculator(path)
+    ensembles, sigmas = [], []
+    for atoms in FRAMES[path.stem.removesuffix("_two_step")]():
+        atoms.calc = calc
+        ensembles.append(calc.get_property(K.ENERGY_ENSEMBLE, atoms))
+        sigmas.append(calc.get_property(K.ENERGY_UNCERTAINTY, atoms))
+    assert offset_share(np.array(ensembles)) < 0.2
+    assert np.std(sigmas) / np.mean(sigmas) > 0.05, sigmas
 
 
 def test_ethanol_model_predicts_reference_forces():

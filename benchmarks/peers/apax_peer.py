@@ -38,10 +38,12 @@ MODEL_SUBDIR = ("models", "apax")  # apax writes <data.directory>/<data.experime
 
 
 def apax_config(args, out: Path) -> dict:
-    """apax training config: defaults except data paths, size knobs and the
-    shallow ensemble with energy + force NLL (weights as apax's template)."""
+    """apax training config: defaults except data paths, size knobs, early stopping
+    (``patience``: epochs without a lower validation loss; None trains all ``epochs``)
+    and the shallow ensemble with energy + force NLL (weights as apax's template)."""
     return {
         "n_epochs": args.epochs,
+        "patience": args.patience,
         "seed": args.seed,
         "data": {
             "directory": str(out / MODEL_SUBDIR[0]),
@@ -148,15 +150,18 @@ def cmd_train(args) -> dict:
     total, fit, cpu = timed_run(config_path, args.log_level)
 
     model_dir = out.joinpath(*MODEL_SUBDIR)
+    logged = epoch_times(model_dir)
     info = {
         "package": "apax",
         "version": apax.__version__,
-        "epochs": args.epochs,
+        "epochs": len(logged),
+        "max_epochs": args.epochs,
+        "patience": args.patience,
         "n_members": args.members,
         "model_dir": str(model_dir),
         "cpu_s": cpu,
     }
-    info.update(timing_summary(total, fit, args.epochs, epoch_times(model_dir)))
+    info.update(timing_summary(total, fit, len(logged), logged))
     (out / "train.json").write_text(json.dumps(info, indent=2))
 
     calc = make_calculator(model_dir, member_forces=True)
@@ -308,6 +313,12 @@ def parse_args(argv=None):
         type=int,
         default=100,
         help="apax default 100; lower it only to save memory",
+    )
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many epochs without a lower validation loss (default: never)",
     )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--log-level", default="info")

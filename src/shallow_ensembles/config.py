@@ -111,7 +111,18 @@ class LossConfig:
     stress_weight: float = 0.0
     """Weight of the stress MSE term (structures with a stress label)."""
     atom_exponent: float = 1.0
-    """a in the per-structure weight N_atoms^(−a) of energy terms."""
+    """a in the per-structure weight N_atoms^(−a) of MSE energy terms (a = 2 is the MSE of
+    energies per atom)."""
+    nll_atom_exponent: float = 1.0
+    """a in the per-structure weight N_atoms^(−a) of NLL energy terms (an NLL is unchanged, up
+    to a constant, when energy and σ_E are both divided by N: a only sets how much large
+    structures count). a = 0 slowed force learning on ethanol (README, "Choosing the
+    defaults")."""
+    energy_anchor: float = 1.0
+    """Weight, relative to the energy term, of the MSE of the ensemble-mean energy (with
+    ``atom_exponent``) added to NLL stages: it keeps the mean energy where an MSE model puts
+    it (without it, the mean energy of water drifted by ~1 eV/atom inside a growing σ_E);
+    0 turns it off."""
     variance_floor: float = 1e-6
     """Floor of every NLL variance, eV² or (eV/Å)²."""
     force_nll: Literal["component", "isotropic", "full"] = "component"

@@ -1,7 +1,10 @@
 """The loss of each training stage kind, on a batch. Method notes, "Losses".
 
 Per batch: L = w_E · mean_k N_k^(−a) ℓ_E,k + w_F · mean over atoms and components ℓ_F
-(+ w_S · mean stress MSE). ℓ depends on the stage kind:
+(+ w_S · mean stress MSE), with a = ``atom_exponent`` for MSE energy terms and
+a = ``nll_atom_exponent`` for NLL energy terms. NLL stages add ``energy_anchor`` times the MSE
+stage's energy term on the ensemble mean: an NLL constrains the mean energy only within σ_E,
+and without the anchor it drifted where σ_E grew. ℓ depends on the stage kind:
 
 ============  ===========================  ===============================================
 kind          energy term ℓ_E              force term ℓ_F
@@ -37,8 +40,9 @@ def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
     member = kind == "force-nll"
     out = model.predict(batch, forces=not member, stress=want_stress and not member,
                         member_forces=member, create_graph=training, method=method)
-    weights = losses.structure_weights(batch.n_atoms, cfg.atom_exponent).to(batch.energy)
     members = out["energy_ensemble"]
+    exponent = cfg.atom_exponent if kind in ("mse", "member-mse") else cfg.nll_atom_exponent
+    weights = losses.structure_weights(batch.n_atoms, exponent).to(batch.energy)
     if kind == "mse":
         energy = losses.mse(out["energy"], batch.energy)
     elif kind == "member-mse":
@@ -46,6 +50,10 @@ def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
     else:
         energy = losses.energy_nll(members, batch.energy, cfg.variance_floor)
     energy_term = (weights * energy).mean()
+    if kind in ("energy-nll", "force-nll") and cfg.energy_anchor:
+        anchor = losses.structure_weights(batch.n_atoms, cfg.atom_exponent).to(batch.energy)
+        energy_term = energy_term + cfg.energy_anchor * (
+            anchor * losses.mse(out["energy"], batch.energy)).mean()
     if member:
         forces = out["forces_ensemble"]
         force_term = losses.force_nll(forces, batch.forces, cfg.force_nll, cfg.variance_floor,
@@ -83,7 +91,7 @@ def rescale_spread(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossCon
     out = model.predict(batch, forces=not member, member_forces=member)
     energies = out["energy_ensemble"].detach()
     forces = out["forces_ensemble"].detach() if member else None
-    weights = losses.structure_weights(batch.n_atoms, cfg.atom_exponent).to(energies)
+    weights = losses.structure_weights(batch.n_atoms, cfg.nll_atom_exponent).to(energies)
 
     def loss(c):
         ens = energies.mean(1, keepdim=True) + c * (energies - energies.mean(1, keepdim=True))
