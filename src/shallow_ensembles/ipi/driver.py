@@ -44,6 +44,7 @@ written and labelled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
@@ -303,6 +304,11 @@ class ShallowEnsembleDriver(Dummy_driver):
         """Structures evaluated so far."""
         return self.log.evaluations
 
+    @property
+    def n_atoms(self) -> int:
+        """Atoms of the template: the count every structure from i-PI must have."""
+        return len(self.numbers)
+
     def _write_candidate(self, atoms: Atoms, level: str) -> None:
         attach_uncertainty(atoms, forces=K.FORCES_UNCERTAINTY in self.calculator.results)
         frame = atoms.copy()  # no calculator: predictions must not look like reference labels
@@ -425,26 +431,59 @@ def connect(*, unix: str | None = None, address: str = "localhost", port: int | 
         return sock
 
 
-def serve(driver: Dummy_driver, **connect_kwargs) -> str:
+class ServerTimeout(ConnectionError):
+    """The i-PI server sent nothing for longer than the driver's ``server_timeout_s``."""
+
+
+def serve(driver: Dummy_driver, server_timeout_s: float | None = None, **connect_kwargs) -> str:
     """Answer i-PI's requests with ``driver`` until i-PI sends EXIT or goes away.
 
     Parameters
     ----------
-    driver : any i-PI python driver (callable ``(cell, pos) -> (E, F, vir, extras)``)
+    driver : any i-PI python driver (callable ``(cell, pos) -> (E, F, vir, extras)``); with an
+        ``n_atoms`` attribute (ours), a server sending another number of atoms is refused
+        before anything is computed or answered
+    server_timeout_s : give up when the connected server sends nothing for this long, s
+        (None: wait forever, i-PI's behaviour; a hung server then blocks the driver)
     **connect_kwargs : see :func:`connect`
 
     Returns
     -------
     str : ``"exit"`` (i-PI ended the run) or ``"disconnected"`` (the server vanished)
+
+    Raises
+    ------
+    ServerTimeout : nothing arrived for ``server_timeout_s`` seconds
+    DataError : the server sent a structure with another number of atoms than the driver's
     """
     sock = connect(**connect_kwargs)
+    sock.settimeout(server_timeout_s)
     try:
         _serve_loop(sock, driver)
+    except TimeoutError as err:
+        raise ServerTimeout(f"the i-PI server sent nothing for {server_timeout_s:g} s (hung or "
+                            "stopped?); raise the server timeout or check i-PI") from err
     except (ServerGone, ConnectionResetError, BrokenPipeError):
         return "disconnected"
     finally:
         sock.close()
     return "exit"
+
+
+def _refuse_atom_count(sock: socket.socket, driver, n_atoms: int) -> None:
+    """Close the connection before answering when ``n_atoms`` is not the driver's count.
+
+    The shutdown tells i-PI at once that this client is gone (so it hands the structure to
+    another client), instead of leaving it waiting for an answer that never comes.
+    """
+    expected = getattr(driver, "n_atoms", None)
+    if expected is None or n_atoms == expected:
+        return
+    with contextlib.suppress(OSError):  # already closed by the server
+        sock.shutdown(socket.SHUT_RDWR)
+    raise DataError(f"the i-PI server sent {n_atoms} atoms but the template has {expected}; "
+                    "give the driver the structure i-PI runs (its init file)",
+                    file=getattr(driver, "template_file", None))
 
 
 def _serve_loop(sock: socket.socket, driver) -> None:
@@ -463,6 +502,7 @@ def _serve_loop(sock: socket.socket, driver) -> None:
             _recv_array(sock, np.float64, 9)  # inverse cell, unused
             n_atoms = int(_recv_array(sock, np.int32, 1)[0])
             pos = _recv_array(sock, np.float64, 3 * n_atoms).reshape(n_atoms, 3)
+            _refuse_atom_count(sock, driver, n_atoms)
             result = driver(cell, pos)
         elif header == GETFORCE:
             sock.sendall(FORCEREADY + _pack(result))
