@@ -55,7 +55,6 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
-import torch
 from ase import Atoms
 from ase.units import Bohr, Hartree
 from ipi.pes.dummy import Dummy_driver
@@ -273,15 +272,13 @@ class ShallowEnsembleDriver(Dummy_driver):
         """Member forces (M, N, 3) eV/Å and stresses (M × (6,) or None) to send to i-PI."""
         forces = results[K.FORCES_ENSEMBLE]
         stress = results.get(K.STRESS_ENSEMBLE)
-        if self.energy_consistent_members:
-            # undo the force calibration, apply the energy one: F̄ + α_E (F_raw − F̄)
-            model = self.calculator.model
-            alpha_e = float(model.alpha_energy)
-            per_atom = model.force_alphas(torch.as_tensor(self.numbers, device=self.device))
-            ratio = alpha_e / per_atom.detach().cpu().double().numpy()
-            forces = _rescale(forces, ratio[None, :, None])
+        if self.energy_consistent_members:  # F̄ + α_E (F_raw − F̄), from the model's raw members
+            calc = self.calculator
+            out = calc.model.calibrate_outputs(calc.raw_member_outputs, self.numbers,
+                                               forces_like_energy=True)
+            forces = out["forces_ensemble"].detach().cpu().double().numpy()
             if stress is not None:
-                stress = _rescale(stress, alpha_e / float(model.alpha_forces))
+                stress = out["stress_ensemble"].detach().cpu().double().numpy()[:, 0]
         return forces, list(stress) if stress is not None else [None] * len(forces)
 
     # --- uncertainty bookkeeping and candidates ----------------------------------------------
@@ -335,12 +332,6 @@ def _to_json(extras: dict) -> str:
             value = value.tolist() if isinstance(value, np.ndarray) else value
             parts.append(f"{json.dumps(key)}:{json.dumps(value)}")
     return "{" + ",".join(parts) + "}"
-
-
-def _rescale(members: np.ndarray, factor) -> np.ndarray:
-    """Member deviations from the mean multiplied by ``factor`` (member axis first)."""
-    mean = members.mean(axis=0, keepdims=True)
-    return mean + factor * (members - mean)
 
 
 def _virial(atoms: Atoms, stress) -> np.ndarray:
