@@ -15,8 +15,8 @@ from ..conventions import DDOF
 
 
 def structure_weights(n_atoms: torch.Tensor, exponent: float) -> torch.Tensor:
-    """w_k = N_k^(−a), (S,): a = 1 makes every structure's loss per atom."""
-    return n_atoms.to(torch.get_default_dtype()).pow(-exponent)
+    """w_k = N_k^(−a), (S,) float64 (callers cast): a = 1 makes every structure's loss per atom."""
+    return n_atoms.to(torch.float64).pow(-exponent)
 
 
 def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -65,13 +65,16 @@ def force_nll(members: torch.Tensor, target: torch.Tensor, kind: str = "componen
 def _cholesky_3x3(cov: torch.Tensor, jitter: float) -> torch.Tensor:
     """Cholesky factors (N, 3, 3) of cov (N, 3, 3) + j·I, with j large enough for the dtype.
 
-    The jitter is at least 10 ε_dtype · trace(Σ)/3 per atom (float32 rounds a 1e-6 jitter away
-    for forces of order 1 eV/Å). Atoms whose factorisation still fails (``cholesky_ex`` info
-    > 0) are retried with a 1000× larger jitter, so one degenerate atom does not stop training.
+    The jitter is at least √ε_dtype · max(trace(Σ)/3, 1) per atom: float32 rounds a 1e-6 jitter
+    away for forces of order 1 eV/Å, and with M ≤ 3 members (singular Σ) the condition number,
+    hence the relative error of the solve, stays near 1/√ε (3e-4 in float32). Atoms whose
+    factorisation still fails (``cholesky_ex`` info > 0) are retried with a 1000× larger
+    jitter, so one degenerate atom does not stop training.
     """
     eye = torch.eye(3, dtype=cov.dtype, device=cov.device)
     scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).detach().clamp_min(1.0)
-    jitter = torch.clamp_min(10 * torch.finfo(cov.dtype).eps * scale, jitter)[:, None, None]
+    floor = torch.finfo(cov.dtype).eps ** 0.5 * scale
+    jitter = torch.clamp_min(floor, jitter)[:, None, None]
     chol, info = torch.linalg.cholesky_ex(cov + jitter * eye)
     if bool((info > 0).any()):
         retry, _ = torch.linalg.cholesky_ex(cov + 1e3 * jitter * eye)
