@@ -72,6 +72,18 @@ def n_members_one(tmp_path):
     from_dict(TrainConfig, train_dict(tmp_path, **{"model.n_members": 1}))
 
 
+def one_member_calculator(tmp_path):
+    ShallowEnsembleCalculator(tiny_model(n_members=1))
+
+
+def one_member_calibration(tmp_path):
+    from shallow_ensembles.calibration import calibrate
+    from shallow_ensembles.data import graphs_from_atoms
+
+    model = tiny_model(n_members=1)
+    calibrate(model, graphs_from_atoms(read_structures(ETHANOL)[:2], model.cutoff))
+
+
 def forces_in_kcal(tmp_path):
     read_structures(frames_file(tmp_path, scale=23.06))
 
@@ -286,6 +298,8 @@ class FakeServer:
         finally:
             conn.close()
             self.server.close()
+            os.unlink(self.prefix + "sock")
+            os.rmdir(os.path.dirname(self.prefix))
 
 
 class CountingDriver:
@@ -379,6 +393,12 @@ CASES = [
     # (id, kind, class, expected text or value, action)
     ("n_members_1", WARNING, UserWarning,
      "model.n_members: 1 gives no uncertainty (σ = 0 for every structure", n_members_one),
+    ("n_members_1_calculator", WARNING, UserWarning,
+     "the model has 1 member: every uncertainty is 0 (no level or threshold can ever fire)",
+     one_member_calculator),
+    ("n_members_1_calibration", ERROR, ConfigError,
+     "model.n_members: calibration needs a spread, but the model has 1 member (σ = 0)",
+     one_member_calibration),
     ("forces_in_kcal_per_mol", WARNING, UserWarning,
      "are they in kcal/mol/Å (23× eV/Å)? Labels must be in eV and eV/Å", forces_in_kcal),
     ("forces_in_hartree_per_bohr", WARNING, UserWarning,

@@ -9,6 +9,7 @@ the mean, E_m → Ē + α_E (E_m − Ē), F_m → F̄ + α_F a_Z (F_m − F̄), 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,10 @@ class ShallowEnsembleCalculator(Calculator):
         if isinstance(model, str | Path):
             model = load_model(model, device=device)
         self.model = model.to(device).eval()
+        if self.model.n_members < 2:
+            warnings.warn(f"the model has {self.model.n_members} member: every uncertainty is 0 "
+                          "(no level or threshold can ever fire); use a model with "
+                          "n_members >= 2", UserWarning, stacklevel=2)
         if dtype is not None:
             self.model = self.model.to(getattr(torch, dtype))
         self.device = device

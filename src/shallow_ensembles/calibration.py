@@ -19,6 +19,7 @@ import torch
 
 from .conventions import DDOF
 from .data.batch import Graph, collate
+from .errors import ConfigError
 from .model import ShallowEnsemble
 
 
@@ -93,6 +94,9 @@ def calibrate(model: ShallowEnsemble, graphs: Sequence[Graph], method: str = "nl
     ``per_element`` also fits a factor a_Z per element on the force components of its atoms
     (α_F · a_Z is then the force factor of element Z; a_Z = 1 for elements absent from the data).
     """
+    if model.n_members < 2:
+        raise ConfigError("model.n_members", f"calibration needs a spread, but the model has "
+                          f"{model.n_members} member (σ = 0); train with n_members >= 2")
     pred = predict_dataset(model, graphs, member_forces=forces)
     alpha_e = scale_factor(pred["ref_energy"] - pred["energy"], pred["energy_sigma"], method)
     result = {"alpha_energy": alpha_e}
