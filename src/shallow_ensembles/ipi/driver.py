@@ -456,22 +456,38 @@ def serve(driver: Dummy_driver, server_timeout_s: float | None = None, **connect
                             "stopped?); raise the server timeout or check i-PI") from err
     except (ServerGone, ConnectionResetError, BrokenPipeError):
         return "disconnected"
+    except BaseException:
+        _close_gracefully(sock)
+        raise
     finally:
         sock.close()
     return "exit"
 
 
-def _refuse_atom_count(sock: socket.socket, driver, n_atoms: int) -> None:
-    """Close the connection before answering when ``n_atoms`` is not the driver's count.
+def _close_gracefully(sock: socket.socket, drain_s: float = 5.0) -> None:
+    """End the connection with a plain end-of-file that i-PI handles as a disconnection.
 
-    The shutdown tells i-PI at once that this client is gone (so it hands the structure to
-    another client), instead of leaving it waiting for an answer that never comes.
+    Closing a socket with unread data (i-PI's GETFORCE after POSDATA) sends a TCP/UNIX reset;
+    i-PI 3.3's polling thread dies on the ConnectionResetError and the server then serves no
+    client. Shutting down the sending side and reading until i-PI closes avoids the reset.
+    """
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(drain_s)
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and sock.recv(4096):
+            pass
+
+
+def _refuse_atom_count(driver, n_atoms: int) -> None:
+    """Raise before computing or answering when ``n_atoms`` is not the driver's count.
+
+    :func:`serve` then closes the connection cleanly, so that i-PI drops this client and
+    hands the structure to the next one.
     """
     expected = getattr(driver, "n_atoms", None)
     if expected is None or n_atoms == expected:
         return
-    with contextlib.suppress(OSError):  # already closed by the server
-        sock.shutdown(socket.SHUT_RDWR)
     raise DataError(f"the i-PI server sent {n_atoms} atoms but the template has {expected}; "
                     "give the driver the structure i-PI runs (its init file)",
                     file=getattr(driver, "template_file", None))
@@ -493,7 +509,7 @@ def _serve_loop(sock: socket.socket, driver) -> None:
             _recv_array(sock, np.float64, 9)  # inverse cell, unused
             n_atoms = int(_recv_array(sock, np.int32, 1)[0])
             pos = _recv_array(sock, np.float64, 3 * n_atoms).reshape(n_atoms, 3)
-            _refuse_atom_count(sock, driver, n_atoms)
+            _refuse_atom_count(driver, n_atoms)
             result = driver(cell, pos)
         elif header == GETFORCE:
             sock.sendall(FORCEREADY + _pack(result))
