@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .conventions import DDOF
+from . import conventions as K
 from .data.batch import Graph, collate
 from .errors import ConfigError
 from .model import ShallowEnsemble
@@ -27,9 +27,10 @@ def predict_dataset(model: ShallowEnsemble, graphs: Sequence[Graph], member_forc
                     batch_size: int = 4, calibrated: bool = False) -> dict[str, np.ndarray]:
     """Predictions and labels over ``graphs`` as float64 numpy arrays.
 
-    Returns keys: ``energy_ensemble`` (S, M) eV, ``energy`` (S,), ``energy_sigma`` (S,) (ddof=1),
-    ``ref_energy`` (S,), ``n_atoms`` (S,), ``numbers`` (N,), ``forces`` (N, 3) eV/Å,
-    ``ref_forces`` (N, 3) and, with ``member_forces``, ``forces_sigma`` (N, 3) (ddof=1).
+    Returns the dataset keys of ``conventions.py``: ``energy_ensemble`` (S, M) eV, ``energy``
+    (S,), ``energy_sigma`` (S,) (ddof=1), ``ref_energy`` (S,), ``n_atoms`` (S,), ``numbers`` (N,),
+    ``forces`` (N, 3) eV/Å, ``ref_forces`` (N, 3) and, with ``member_forces``, ``forces_sigma``
+    (N, 3) (ddof=1).
     With ``calibrated`` the ensembles and σ are the model's calibrated ones
     (:meth:`ShallowEnsemble.calibrate_outputs`: α_E, α_F and per-element factors).
     """
@@ -58,22 +59,22 @@ def predict_dataset_pair(model: ShallowEnsemble, graphs: Sequence[Graph],
 def _dataset_row(out: dict, batch, member_forces: bool) -> dict:
     """The :func:`predict_dataset` keys of one batch (torch tensors)."""
     row = {
-        "energy_ensemble": out["energy_ensemble"],
-        "energy": out["energy"],
-        "energy_sigma": out["energy_uncertainty"],
-        "n_atoms": batch.n_atoms,
-        "numbers": batch.numbers,
+        K.ENERGY_ENSEMBLE: out[K.ENERGY_ENSEMBLE],
+        K.ENERGY: out[K.ENERGY],
+        K.ENERGY_SIGMA: out[K.ENERGY_UNCERTAINTY],
+        K.N_ATOMS: batch.n_atoms,
+        K.NUMBERS: batch.numbers,
     }
     if batch.energy is not None:
-        row["ref_energy"] = batch.energy
+        row[K.DATASET_REF_ENERGY] = batch.energy
     if batch.forces is not None:
-        row["ref_forces"] = batch.forces
+        row[K.DATASET_REF_FORCES] = batch.forces
     if member_forces:
-        ens = out["forces_ensemble"]
-        row["forces"] = ens.mean(0)
-        row["forces_sigma"] = ens.std(0, correction=DDOF)
+        ens = out[K.FORCES_ENSEMBLE]
+        row[K.FORCES] = ens.mean(0)
+        row[K.FORCES_SIGMA] = ens.std(0, correction=K.DDOF)
     else:
-        row["forces"] = out["forces"]
+        row[K.FORCES] = out[K.FORCES]
     return row
 
 
