@@ -116,6 +116,17 @@ def resume_changed_architecture(tmp_path):
     _started_run(tmp_path, **{"model.hidden": [16]})
 
 
+def corrupt_checkpoint_on_resume(tmp_path):
+    from shallow_ensembles.training import train
+
+    config = from_dict(TrainConfig, train_dict(tmp_path))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "resolved_config.yaml").write_text(yaml.safe_dump(to_dict(config)))
+    torch.save({"stage": print}, run / "checkpoint.pt")  # not plain data: torch refuses it
+    train(config, resume=True)
+
+
 def flipped_model_bytes(tmp_path):
     path = save_model(tiny_model(), tmp_path / "m.pt")
     data = bytearray(path.read_bytes())
@@ -407,6 +418,10 @@ CASES = [
      "data.n_train: changed from 28 to 30 since the run in", resume_changed_split),
     ("resume_changed_architecture", ERROR, ConfigError,
      "model.hidden: changed from (8,) to (16,)", resume_changed_architecture),
+    ("corrupt_checkpoint_on_resume", ERROR, ModelFileError,
+     "checkpoint.pt: cannot be read as a checkpoint (UnpicklingError: Unsupported global: "
+     "GLOBAL print is not allowed); delete it to train from the start",
+     corrupt_checkpoint_on_resume),
     ("flipped_model_bytes", ERROR, ModelFileError,
      "the tensors do not match the file's checksum", flipped_model_bytes),
     ("coincident_atoms", ERROR, DataError,

@@ -119,11 +119,12 @@ def _read_payload(path: Path) -> dict:
     except pickle.UnpicklingError as err:
         # torch's message suggests weights_only=False, which would run arbitrary code
         raise ModelFileError(path, "holds Python objects other than tensors and plain data "
-                             f"({_first_line(err)}); refusing to load it: a model file "
+                             f"({load_error_summary(err)}); refusing to load it: a model file "
                              "written by save_model never does") from None
     except Exception as err:  # noqa: BLE001 - torch raises KeyError, RuntimeError, ... for junk
+        summary = f"{type(err).__name__}: {load_error_summary(err)}"
         raise ModelFileError(path, "cannot be read as a model file (truncated, corrupt or not "
-                             f"a torch file: {type(err).__name__}: {_first_line(err)})") from None
+                             f"a torch file: {summary})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(path, "not a shallow-ensembles model file (no 'format' "
                              f"'{FORMAT}'); refusing to load it")
@@ -143,8 +144,8 @@ def _read_payload(path: Path) -> dict:
     return payload
 
 
-def _first_line(err: BaseException) -> str:
-    """The gist of an exception's text, without torch's advice to use weights_only=False.
+def load_error_summary(err: BaseException) -> str:
+    """The gist of a ``torch.load`` error, without torch's advice to use weights_only=False.
 
     For torch's weights-only refusal that is the ``Unsupported global: GLOBAL x`` part.
     """

@@ -20,9 +20,9 @@ from ..config import TRAINED_STAGES, DataConfig, TrainConfig, to_dict
 from ..data import collate, fit_composition_baseline, graphs_from_atoms, read_structures
 from ..data.io import check_elements
 from ..data.split import load_split, make_split, save_split, shared_frames
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ModelFileError
 from ..model import ShallowEnsemble, load_model, save_model
-from ..model.io import file_sha256
+from ..model.io import file_sha256, load_error_summary
 from . import init as heads
 from .trainer import Trainer, distributed_info
 
@@ -129,6 +129,16 @@ def _warn_shared(data: Datasets) -> Datasets:
     return data
 
 
+def _load_checkpoint(trainer: Trainer) -> dict | None:
+    """The trainer's checkpoint state; a corrupt file is a ModelFileError that says what to do."""
+    try:
+        return trainer.load_checkpoint()
+    except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt files
+        raise ModelFileError(trainer.checkpoint_path, "cannot be read as a checkpoint "
+                             f"({type(err).__name__}: {load_error_summary(err)}); delete it to "
+                             "train from the start, or restore it") from None
+
+
 def build_model(config: TrainConfig, train_graphs, species) -> ShallowEnsemble:
     """Model from the config, initialised from the training data (baseline, scales)."""
     model = ShallowEnsemble.from_config(config.model, species)
@@ -188,7 +198,7 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
         config.training.device == "auto" and torch.cuda.is_available()) else "cpu"
     model = model.to(device)
     trainer = Trainer(model, train_graphs, val_graphs, config, run_dir)
-    state = trainer.load_checkpoint() if resume else None
+    state = _load_checkpoint(trainer) if resume else None
     if resume and state is None:
         LOG.warning("no checkpoint in %s: starting from scratch", run_dir)
     first = state["stage"] if state is not None else 0
