@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from shallow_ensembles.config import PROTOCOLS, load_train_config
+from shallow_ensembles.config import PROTOCOLS, TrainConfig, from_dict, load_train_config
 
 CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
 TRAIN_CONFIGS = [p for p in CONFIGS if "protocol" in yaml.safe_load(p.read_text())]
@@ -21,11 +21,13 @@ def test_every_protocol_has_an_example_config():
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
 def test_train_config_parses_and_finds_its_data(path, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # paths must resolve from the config's folder, not from here
-    config = load_train_config(path)
-    train_file = Path(config.data.train_file.partition("@")[0])
-    assert train_file.is_absolute()
-    if "shared" not in train_file.parts:  # the shared data set is not part of a clone
-        assert train_file.is_file()
+    data = yaml.safe_load(path.read_text())
+    target = (path.parent / data["data"]["train_file"].partition("@")[0]).resolve()
+    if ROOT.resolve() in target.parents:  # shipped data: found from the config's folder
+        config = load_train_config(path)
+        assert Path(config.data.train_file) == target and target.is_file()
+    else:  # data outside the repository (not in a fresh clone): the schema still holds
+        config = from_dict(TrainConfig, data)
     kinds = [stage.kind for stage in config.resolved_stages()]
     assert tuple(kinds) == PROTOCOLS[config.protocol]
 
