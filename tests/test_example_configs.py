@@ -25,7 +25,7 @@ def test_train_config_parses_and_finds_its_data(path, monkeypatch, tmp_path):
     target = (path.parent / data["data"]["train_file"].partition("@")[0]).resolve()
     if ROOT.resolve() in target.parents:  # shipped data: found from the config's folder
         config = load_train_config(path)
-        assert Path(config.data.train_file) == target and target.is_file()
+        assert Path(config.data.train_file).resolve() == target and target.is_file()
     else:  # data outside the repository (not in a fresh clone): the schema still holds
         config = from_dict(TrainConfig, data)
     kinds = [stage.kind for stage in config.resolved_stages()]

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import os
 import types
 import typing
 import warnings
@@ -487,7 +488,7 @@ def resolve_data_paths(data: dict, base: Path) -> dict:
             continue
         name, at, index = value.partition("@")
         if (base / name).exists():
-            data[key] = str(base / name) + at + index
+            data[key] = os.path.normpath(base / name) + at + index
         elif Path(name).exists():
             warnings.warn(f"data.{key}: {name} is not in the config's folder {base}; using "
                           f"{Path(name).resolve()} from the current folder (write the path "
