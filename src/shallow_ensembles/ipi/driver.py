@@ -456,7 +456,7 @@ def serve(driver: Dummy_driver, server_timeout_s: float | None = None, **connect
                             "stopped?); raise the server timeout or check i-PI") from err
     except (ServerGone, ConnectionResetError, BrokenPipeError):
         return "disconnected"
-    except BaseException:
+    except Exception:  # a refused or failed structure: leave i-PI able to serve others
         _close_gracefully(sock)
         raise
     finally:
