@@ -6,7 +6,7 @@ SHALLOW_ENSEMBLES_SMOKE=1 shortens every stage to a few epochs (used by the test
 import os
 from pathlib import Path
 
-from shallow_ensembles.config import TrainConfig, from_dict, load_yaml
+from shallow_ensembles.config import load_train_config
 from shallow_ensembles.training import train
 
 HERE = Path(__file__).resolve().parent
@@ -18,7 +18,7 @@ if SMOKE:
     overrides += ["data.n_train=6", "data.n_validation=3", "data.n_test=3",
                   "stages=[{kind: mse, epochs: 2}, {kind: llpr}, {kind: force-nll, epochs: 1}]",
                   "model.hidden=[16, 16]"]
-config = from_dict(TrainConfig, load_yaml(HERE / "configs/demo_water_two_step.yaml", overrides))
+config = load_train_config(HERE / "configs/demo_water_two_step.yaml", overrides)
 model = train(config)
 print(f"α_E = {float(model.alpha_energy):.3g}, α_F = {float(model.alpha_forces):.3g}; "
       f"model in {output / 'model.pt'}")

@@ -31,6 +31,8 @@ def tiny_model(species=(1, 6, 8), n_members=4, bottleneck=3, cutoff=4.0, seed=0,
         model.backbone.fit_density_scale(Batch.from_atoms(frames, model.cutoff))
     with torch.no_grad():
         model.head.weight.normal_(0.0, 1.0)
+        # non-unit per-element scales s_Z, so that tests see them in energies and forces
+        model.scale.copy_(torch.linspace(0.6, 1.4, len(model.species), dtype=model.dtype))
     return model
 
 

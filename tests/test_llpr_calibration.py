@@ -108,3 +108,31 @@ def test_per_element_force_calibration(ethanol_frames):
     np.testing.assert_allclose(ratio[atoms.numbers == 1], alphas["alpha_forces_Z1"], rtol=1e-6)
     np.testing.assert_allclose(ratio[atoms.numbers == 6], alphas["alpha_forces_Z6"], rtol=1e-6)
     assert hydrogen.any()
+
+
+def test_evaluate_uses_the_per_element_force_factors(ethanol_frames, tmp_path):
+    import json
+
+    from shallow_ensembles.evaluation import evaluate
+    from shallow_ensembles.metrics import uncertainty_metrics
+
+    model = tiny_model(frames=ethanol_frames[:5])
+    graphs = synthetic_labels(model, ethanol_frames, seed=2)[:12]
+    with torch.no_grad():
+        model.alpha_energy.fill_(1.5)
+        model.alpha_forces.fill_(0.8)
+        model.alpha_forces_species.copy_(torch.tensor([2.0, 0.5, 1.0], dtype=model.dtype))
+    metrics = evaluate(model, graphs, tmp_path, plots=False)
+    raw = predict_dataset(model, graphs)
+    # oracle: raw σ times α_F·a_Z of each atom's element (H 1.6, C 0.4, O 0.8), by hand
+    factor = {1: 1.6, 6: 0.4, 8: 0.8}
+    per_atom = np.array([factor[z] for z in raw["numbers"]])[:, None]
+    expected = uncertainty_metrics(raw["ref_forces"] - raw["forces"],
+                                   per_atom * raw["forces_sigma"])
+    for key in ("mean_sigma", "nll", "rll", "miscalibration_area"):
+        assert metrics["calibrated"]["forces"][key] == pytest.approx(expected[key], rel=1e-9)
+    energy = uncertainty_metrics(raw["ref_energy"] - raw["energy"], 1.5 * raw["energy_sigma"])
+    assert metrics["calibrated"]["energy"]["nll"] == pytest.approx(energy["nll"], rel=1e-9)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["alpha"]["forces_H"] == pytest.approx(1.6)
+    assert "per element: H 1.6, C 0.4, O 0.8" in (tmp_path / "report.md").read_text()

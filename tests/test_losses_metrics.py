@@ -88,3 +88,86 @@ def test_calibration_metrics_known_values():
     assert metrics.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
     assert metrics.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
     assert metrics.gaussian_nll([0.0], [1.0]) == pytest.approx(0.5 * math.log(2 * math.pi))
+
+
+def test_full_force_nll_in_float32_with_singular_covariance():
+    # M = 3 members: the 3×3 member covariance has rank ≤ 2, so only the jitter makes it
+    # positive definite; 1e-6 vanishes against float32 rounding of (eV/Å)²-sized entries.
+    rng = np.random.default_rng(3)
+    members = rng.normal(scale=2.0, size=(3, 5, 3))
+    target = members.mean(0) + rng.normal(scale=0.1, size=(5, 3))
+    got = losses.force_nll(torch.tensor(members, dtype=torch.float32),
+                           torch.tensor(target, dtype=torch.float32), "full")
+    assert torch.isfinite(got).all()
+    expected = []
+    for n in range(5):  # float64 oracle with the jitter the float32 path documents
+        d = members[:, n] - members[:, n].mean(0)
+        cov = d.T @ d / 2
+        jitter = max(np.finfo(np.float32).eps ** 0.5 * max(np.trace(cov) / 3, 1.0), 1e-6)
+        cov = cov + jitter * np.eye(3)
+        r = target[n] - members[:, n].mean(0)
+        expected.append(0.5 * (r @ np.linalg.solve(cov, r) + np.log(np.linalg.det(cov))))
+    # float32 solve of a system with condition number ≤ 1/√ε: relative error ~1e-3 at most
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=2e-3)
+
+
+def test_rll_oracle_floor_is_1e_minus_12():
+    r = np.array([0.0, 0.3, -0.2, 0.1])  # one exact prediction: r² = 0 → floored at 1e-12
+    sigma = np.array([0.05, 0.2, 0.2, 0.1])
+
+    def nll(v):
+        return np.mean(0.5 * (np.log(v) + r**2 / v))
+
+    mse = np.full(4, np.mean(r**2))
+    oracle = np.maximum(r**2, 1e-12)
+    expected = 100 * (nll(sigma**2) - nll(mse)) / (nll(oracle) - nll(mse))
+    assert metrics.rll(r, sigma) == pytest.approx(expected, rel=1e-12)
+
+
+def test_miscalibration_area_spans_the_full_unit_interval():
+    rng = np.random.default_rng(2)
+    r = rng.normal(size=1000)
+    expected, observed = metrics.calibration_curve(r, np.ones_like(r))
+    assert expected[0] == 0.0 and expected[-1] == 1.0
+    assert observed[0] == 0.0 and observed[-1] == 1.0
+    # σ → ∞: every |r|/σ is inside every interval with p > 0, so observed = 1 there and the
+    # area is the trapezoid of 1 − p on the 101-point grid: ½·0.99² + ½·0.01·0.99
+    area = metrics.miscalibration_area(r, np.full_like(r, 1e12))
+    assert area == pytest.approx(0.5 * 0.99**2 + 0.5 * 0.01 * 0.99, rel=1e-12)
+
+
+def _labelled_periodic_batch():
+    from conftest import tiny_model
+    from shallow_ensembles.data import collate, graphs_from_atoms
+    from test_md_model_devi import water_box
+
+    frames = [water_box(seed=s) for s in range(2)]
+    model = tiny_model(species=(1, 8), frames=frames)
+    graphs = graphs_from_atoms(frames, model.cutoff)
+    rng = np.random.default_rng(0)
+    for g in graphs:
+        g.energy = float(rng.normal())
+        g.forces = rng.normal(size=(len(g), 3))
+        g.stress = rng.normal(scale=0.01, size=6)
+    return model, collate(graphs)
+
+
+def test_force_nll_stage_keeps_the_stress_term_and_crps_is_selectable():
+    from shallow_ensembles.config import LossConfig
+    from shallow_ensembles.training.objectives import stage_loss
+
+    model, batch = _labelled_periodic_batch()
+    cfg = LossConfig(stress_weight=2.0, uncertainty_loss="crps")
+    total, parts = stage_loss(model, batch, "force-nll", cfg, training=False)
+    out = model.predict(batch, forces=True, stress=True, member_forces=True)
+    stress_mse = float(((out["stress"] - batch.stress) ** 2).mean())
+    assert parts["stress"] == pytest.approx(stress_mse, rel=1e-10)
+    # the same loss by hand: Gaussian CRPS of energies (per atom weighted) and force components
+    members, forces = out["energy_ensemble"], out["forces_ensemble"]
+    energy = losses.gaussian_crps(members.mean(1), members.std(1), batch.energy)
+    energy = (energy / batch.n_atoms.double()).mean()
+    force = losses.gaussian_crps(forces.mean(0), forces.std(0), batch.forces).sum(-1).mean() / 3
+    energy, force = float(energy.detach()), float(force.detach())
+    assert parts["energy"] == pytest.approx(energy, rel=1e-10)
+    assert parts["forces"] == pytest.approx(force, rel=1e-10)
+    assert float(total.detach()) == pytest.approx(energy + force + 2.0 * stress_mse, rel=1e-10)

@@ -296,6 +296,16 @@ def test_guard_stops_on_nan_forces_and_saves_the_last_good_frame(tmp_path):
     assert last.info["md_step"] == 4 and np.isfinite(last.positions).all()
 
 
+def test_last_good_frame_at_a_guard_stop_is_never_failed(tmp_path):
+    # σ_F = 0.05·step crosses the failed level (0.2) at step 4; NaN forces at step 7
+    calc = ScheduledCalc(force_sigma=lambda s: 0.05 * s, nan_at=7)
+    monitor, stop, _, _ = run_monitor(calc, FORCE_LEVELS, [], tmp_path=tmp_path,
+                                      guard=GuardConfig())
+    assert stop.step == 7 and monitor.stop.frame_step == 3
+    last = ase.io.read(tmp_path / "last_good.extxyz")
+    assert last.info["md_step"] == 3 and last.info["trust_level"] == "candidate"
+
+
 def test_guard_stops_on_a_close_contact():
     # two atoms approaching head on: d(n) = 3.05 − 0.1 n Å, below 0.5 Å first at n = 26
     atoms = Atoms("H2", positions=[[0, 0, 0], [3.05, 0, 0]])

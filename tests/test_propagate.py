@@ -81,6 +81,7 @@ def test_mismatched_members_and_missing_calculator(ethanol_frames):
         propagate_energies(lambda a, b: a - b, [1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(DataError, match="no calculator"):
         propagate(lambda a: a, ethanol_frames[0].copy())
-    one = ShallowEnsembleCalculator(tiny_model(frames=ethanol_frames[:5], n_members=1))
+    with pytest.warns(UserWarning, match="the model has 1 member"):
+        one = ShallowEnsembleCalculator(tiny_model(frames=ethanol_frames[:5], n_members=1))
     result = propagate(lambda a: a, ethanol_frames[0], calculator=one)
     assert result.std == 0.0 and result.values.shape == (1,)

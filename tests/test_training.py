@@ -84,7 +84,18 @@ def test_ddp_two_processes_match_one(tmp_path):
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     a, b = load_model(tmp_path / "one" / "model.pt"), load_model(tmp_path / "two" / "model.pt")
-    assert states_equal(a, b, atol=1e-8)
+    # The two runs differ only in the order of float64 gradient sums (all-reduce over two
+    # processes vs one sum), ~1e-16 relative per step. After 16 epochs the parameters agree to
+    # ~3e-9 relative to each tensor's scale (measured), so 1e-6 of that scale leaves room for
+    # other BLAS/thread layouts. The calibration factors α = sqrt(mean r²/σ²) are ratios of
+    # small residuals of large energies fitted on 12 frames: they amplify those differences
+    # (4e-7 relative measured, 2.4e-7 absolute reported on another machine), hence 1e-5.
+    sa, sb = a.state_dict(), b.state_dict()
+    for key in sa:
+        rtol = 1e-5 if key.startswith("alpha") else 1e-6
+        scale = float(sa[key].abs().max()) if sa[key].numel() else 0.0
+        diff = float((sa[key] - sb[key]).abs().max()) if sa[key].numel() else 0.0
+        assert diff <= rtol * max(scale, 1e-12), f"{key}: max |diff| {diff:.3g}, scale {scale:.3g}"
 
 
 def test_two_step_improves_force_rll_over_stage_one(tmp_path):

@@ -2,12 +2,14 @@
 
 Results follow ``conventions.py``: standard properties are ensemble means, every uncertainty is a
 standard deviation (ddof=1) of the calibrated ensemble, ensembles put the member axis first.
-Calibration stored in the model is applied: members are rescaled about the mean,
-E_m → Ē + α_E (E_m − Ē), F_m → F̄ + α_F (F_m − F̄), so σ scales by α.
+Calibration stored in the model is applied by the model
+(:meth:`~shallow_ensembles.model.ShallowEnsemble.calibrate_outputs`): members are rescaled about
+the mean, E_m → Ē + α_E (E_m − Ē), F_m → F̄ + α_F a_Z (F_m − F̄), so σ scales by α.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,10 @@ class ShallowEnsembleCalculator(Calculator):
         if isinstance(model, str | Path):
             model = load_model(model, device=device)
         self.model = model.to(device).eval()
+        if self.model.n_members < 2:
+            warnings.warn(f"the model has {self.model.n_members} member: every uncertainty is 0 "
+                          "(no level or threshold can ever fire); use a model with "
+                          "n_members >= 2", UserWarning, stacklevel=2)
         if dtype is not None:
             self.model = self.model.to(getattr(torch, dtype))
         self.device = device
@@ -59,6 +65,10 @@ class ShallowEnsembleCalculator(Calculator):
         self.n_member_evaluations = 0
         """Member-force evaluations (one per new geometry where they were asked for)."""
         self._batch: Batch | None = None
+        self.raw_member_outputs: dict[str, torch.Tensor] = {}
+        """Uncalibrated member forces (M, N, 3) (and stresses (M, 1, 6)) of the last geometry
+        where they were computed; :meth:`ShallowEnsemble.calibrate_outputs` turns them into
+        the results."""
 
     def calculate(self, atoms: Atoms | None = None, properties=(K.ENERGY,),
                   system_changes=all_changes):
@@ -89,9 +99,6 @@ class ShallowEnsembleCalculator(Calculator):
                                        cell=atoms.cell, pbc=atoms.pbc), self.model.cutoff)
         return collate([graph], dtype=self.model.dtype).to(self.device)
 
-    def _alphas(self) -> tuple[float, float]:
-        return float(self.model.alpha_energy), float(self.model.alpha_forces)
-
     def _compute_base(self, atoms: Atoms) -> None:
         periodic = bool(atoms.pbc.all())
         out = self.model.predict(self._batch, forces=True, stress=periodic, calibrated=True)
@@ -114,25 +121,16 @@ class ShallowEnsembleCalculator(Calculator):
 
     def _compute_members(self, atoms: Atoms) -> None:
         periodic = bool(atoms.pbc.all())
-        out = self.model.member_forces(self._batch, stress=periodic)
+        self.raw_member_outputs = self.model.member_forces(self._batch, stress=periodic)
         self.n_member_evaluations += 1
-        _, alpha_forces = self._alphas()
-        atom_alphas = self.model.force_alphas(self._batch.numbers).detach().cpu().double().numpy()
+        out = self.model.calibrate_outputs(self.raw_member_outputs, self._batch.numbers)
         ens = out["forces_ensemble"].detach().cpu().double().numpy()
-        ens = _rescale(ens, atom_alphas[None, :, None])
         self.results[K.FORCES_ENSEMBLE] = ens
         self.results[K.FORCES_UNCERTAINTY] = _std(ens)
         if periodic:
-            stress = _rescale(out["stress_ensemble"].detach().cpu().double().numpy()[:, 0],
-                              alpha_forces)
+            stress = out["stress_ensemble"].detach().cpu().double().numpy()[:, 0]
             self.results[K.STRESS_ENSEMBLE] = stress
             self.results[K.STRESS_UNCERTAINTY] = _std(stress)
-
-
-def _rescale(ensemble: np.ndarray, alpha) -> np.ndarray:
-    """Members rescaled about their mean (member axis first)."""
-    mean = ensemble.mean(axis=0, keepdims=True)
-    return mean + alpha * (ensemble - mean)
 
 
 def _std(ensemble: np.ndarray) -> np.ndarray:

@@ -17,7 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from . import conventions as K
 from .data.batch import Graph, collate
+from .errors import ConfigError
 from .model import ShallowEnsemble
 
 
@@ -25,38 +27,55 @@ def predict_dataset(model: ShallowEnsemble, graphs: Sequence[Graph], member_forc
                     batch_size: int = 4, calibrated: bool = False) -> dict[str, np.ndarray]:
     """Predictions and labels over ``graphs`` as float64 numpy arrays.
 
-    Returns keys: ``energy_ensemble`` (S, M) eV, ``energy`` (S,), ``energy_sigma`` (S,) (ddof=1),
-    ``ref_energy`` (S,), ``n_atoms`` (S,), ``numbers`` (N,), ``forces`` (N, 3) eV/Å,
-    ``ref_forces`` (N, 3) and, with ``member_forces``, ``forces_sigma`` (N, 3) (ddof=1).
+    Returns the dataset keys of ``conventions.py``: ``energy_ensemble`` (S, M) eV, ``energy``
+    (S,), ``energy_sigma`` (S,) (ddof=1), ``ref_energy`` (S,), ``n_atoms`` (S,), ``numbers`` (N,),
+    ``forces`` (N, 3) eV/Å, ``ref_forces`` (N, 3) and, with ``member_forces``, ``forces_sigma``
+    (N, 3) (ddof=1).
+    With ``calibrated`` the ensembles and σ are the model's calibrated ones
+    (:meth:`ShallowEnsemble.calibrate_outputs`: α_E, α_F and per-element factors).
     """
-    parts: dict[str, list] = {}
+    return predict_dataset_pair(model, graphs, member_forces, batch_size)[int(calibrated)]
+
+
+def predict_dataset_pair(model: ShallowEnsemble, graphs: Sequence[Graph],
+                         member_forces: bool = True, batch_size: int = 4
+                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(raw, calibrated) :func:`predict_dataset` dictionaries from one pass over ``graphs``."""
+    parts: tuple[dict[str, list], dict[str, list]] = ({}, {})
     for start in range(0, len(graphs), batch_size):
         batch = collate(graphs[start:start + batch_size], dtype=model.dtype)
         batch = batch.to(next(model.parameters()).device)
-        out = model.predict(batch, forces=not member_forces, member_forces=member_forces,
-                            calibrated=calibrated)
-        row = {
-            "energy_ensemble": out["energy_ensemble"],
-            "energy": out["energy"],
-            "energy_sigma": out["energy_uncertainty"],
-            "n_atoms": batch.n_atoms,
-            "numbers": batch.numbers,
-        }
-        if batch.energy is not None:
-            row["ref_energy"] = batch.energy
-        if batch.forces is not None:
-            row["ref_forces"] = batch.forces
-        if member_forces:
-            ens = out["forces_ensemble"]
-            row["forces"] = ens.mean(0)
-            row["forces_sigma"] = ens.std(0, correction=1)
-        else:
-            row["forces"] = out["forces"]
-        for key, value in row.items():
-            parts.setdefault(key, []).append(value.detach().cpu().double().numpy()
-                                             if value.is_floating_point()
-                                             else value.detach().cpu().numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
+        raw = model.predict(batch, forces=not member_forces, member_forces=member_forces)
+        for out, store in zip((raw, model.calibrate_outputs(raw, batch.numbers)), parts,
+                              strict=True):
+            for key, value in _dataset_row(out, batch, member_forces).items():
+                store.setdefault(key, []).append(value.detach().cpu().double().numpy()
+                                                 if value.is_floating_point()
+                                                 else value.detach().cpu().numpy())
+    raw, cal = ({k: np.concatenate(v) for k, v in p.items()} for p in parts)
+    return raw, cal
+
+
+def _dataset_row(out: dict, batch, member_forces: bool) -> dict:
+    """The :func:`predict_dataset` keys of one batch (torch tensors)."""
+    row = {
+        K.ENERGY_ENSEMBLE: out[K.ENERGY_ENSEMBLE],
+        K.ENERGY: out[K.ENERGY],
+        K.ENERGY_SIGMA: out[K.ENERGY_UNCERTAINTY],
+        K.N_ATOMS: batch.n_atoms,
+        K.NUMBERS: batch.numbers,
+    }
+    if batch.energy is not None:
+        row[K.DATASET_REF_ENERGY] = batch.energy
+    if batch.forces is not None:
+        row[K.DATASET_REF_FORCES] = batch.forces
+    if member_forces:
+        ens = out[K.FORCES_ENSEMBLE]
+        row[K.FORCES] = ens.mean(0)
+        row[K.FORCES_SIGMA] = ens.std(0, correction=K.DDOF)
+    else:
+        row[K.FORCES] = out[K.FORCES]
+    return row
 
 
 def scale_factor(residual: np.ndarray, sigma: np.ndarray, method: str = "nll") -> float:
@@ -76,6 +95,9 @@ def calibrate(model: ShallowEnsemble, graphs: Sequence[Graph], method: str = "nl
     ``per_element`` also fits a factor a_Z per element on the force components of its atoms
     (α_F · a_Z is then the force factor of element Z; a_Z = 1 for elements absent from the data).
     """
+    if model.n_members < 2:
+        raise ConfigError("model.n_members", f"calibration needs a spread, but the model has "
+                          f"{model.n_members} member (σ = 0); train with n_members >= 2")
     pred = predict_dataset(model, graphs, member_forces=forces)
     alpha_e = scale_factor(pred["ref_energy"] - pred["energy"], pred["energy_sigma"], method)
     result = {"alpha_energy": alpha_e}

@@ -1,8 +1,17 @@
 """The ``shallow-ensembles`` command: argument parsing only, one library call per verb.
 
 Each feature module registers its verbs in a small ``*_cli.py`` file that imports nothing heavy
-at module level, so ``--help`` stays instant. Exit codes: 0 success, 2 config/data/model errors
-(message, no traceback unless ``--debug``), 1 otherwise.
+at module level, so ``--help`` stays instant. Exit codes (one line on stderr, the traceback only
+with ``--debug``):
+
+====  ==========================================================================================
+0     success
+1     any other error
+2     config, data or model-file error
+3     ``md``: stopped early by an uncertainty action (``stop``, ``rollback``) or a callback
+4     ``md``: stopped by the guard (non-finite values, huge forces or close contacts)
+130   interrupted (Ctrl-C)
+====  ==========================================================================================
 """
 
 from __future__ import annotations
@@ -12,6 +21,11 @@ import importlib
 import sys
 
 from .errors import ShallowEnsembleError
+
+EXIT_STOPPED = 3
+"""``md`` ended early by a stop action, a rollback or a callback (outputs are complete)."""
+EXIT_GUARD = 4
+"""``md`` ended by the guard: the last good frame is in ``last_good.extxyz``."""
 
 # modules defining ``register(subparsers)``; each verb sets ``func(args) -> int | None``
 VERB_MODULES = (
@@ -82,6 +96,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - one line for users; --debug shows the traceback
+        if args.debug:
+            raise
+        text = " ".join(str(err).split()) or "(no message)"
+        print(f"error: {type(err).__name__}: {text} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

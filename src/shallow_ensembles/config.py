@@ -11,8 +11,10 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import os
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,6 +131,10 @@ class LossConfig:
     """Force NLL per Cartesian component, per atom isotropic, or per atom full 3×3."""
     force_jitter: float = 1e-6
     """Jitter added to the 3×3 member covariance of the ``full`` force NLL, (eV/Å)²."""
+    uncertainty_loss: Literal["nll", "crps"] = "nll"
+    """Scoring rule of the energy-nll and force-nll stages: nll (Gaussian negative
+    log-likelihood, ``force_nll`` selects the force variant) or crps (closed-form Gaussian CRPS
+    per structure energy and per force component; less sensitive to outliers)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +215,17 @@ class TrainingConfig:
     (explicit, built-in backbone), d backward passes (jacobian), one backward pass per member
     (loop, the cost model of the paper); auto: the cheapest available."""
 
+    def __post_init__(self):
+        positive = {"batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                    "threads": self.threads, "grad_clip": self.grad_clip}
+        for name, value in positive.items():
+            if value is not None and value <= 0:
+                raise ConfigError(f"training.{name}", f"expected a value > 0, got {value}")
+        for name in ("weight_decay", "warmup_epochs", "min_lr_ratio", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"training.{name}", f"expected a value >= 0, got {value}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -252,6 +269,19 @@ class TrainConfig:
                                   f"{stage.kind} needs model.n_members >= 2")
         if not self.data.train_file:
             raise ConfigError("data.train_file", "required")
+        self._check_stage_numbers()
+        if self.model.n_members < 2:
+            warnings.warn("model.n_members: 1 gives no uncertainty (σ = 0 for every structure: "
+                          "every MD step looks trusted, calibration is impossible); use "
+                          "n_members >= 2", UserWarning, stacklevel=3)
+
+    def _check_stage_numbers(self) -> None:
+        for k, stage in enumerate(self.stages):
+            if stage.learning_rate is not None and stage.learning_rate <= 0:
+                raise ConfigError(f"stages[{k}].learning_rate",
+                                  f"expected a value > 0 or null, got {stage.learning_rate}")
+            if stage.epochs < 0:
+                raise ConfigError(f"stages[{k}].epochs", f"expected >= 0, got {stage.epochs}")
 
     def resolved_stages(self) -> tuple[StageConfig, ...]:
         """The stages to run, with protocol defaults filled in."""
@@ -350,6 +380,8 @@ def _convert(value: Any, tp, path: str):
             raise ConfigError(path, f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = _numeric_string(value, path)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(path, f"expected a number, got {value!r}")
         return float(value)
@@ -358,6 +390,15 @@ def _convert(value: Any, tp, path: str):
             raise ConfigError(path, f"expected a string, got {value!r}")
         return value
     return value
+
+
+def _numeric_string(value: str, path: str) -> float:
+    """``float(value)`` for a numeric string such as YAML's ``1e-3``; else a ConfigError."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(path, f"expected a number, got the string {value!r} (write numbers "
+                          "without quotes, e.g. 0.001 or 1.0e-3)") from None
 
 
 def from_dict(cls: type[T], data: dict, path: str = "") -> T:
@@ -442,6 +483,11 @@ def load_yaml(path: str | Path, overrides: typing.Sequence[str] = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(str(path),
                           f"expected a mapping at the top level, got {type(data).__name__}")
+    return apply_overrides(data, overrides)
+
+
+def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:
+    """Apply ``a.b=c`` overrides to the nested mapping ``data`` in place; returns it."""
     for text in overrides:
         keys, value = parse_override(text)
         node = data
@@ -451,3 +497,43 @@ def load_yaml(path: str | Path, overrides: typing.Sequence[str] = ()) -> dict:
                 raise ConfigError(text, f"'{k}' is not a section")
         node[keys[-1]] = value
     return data
+
+
+DATA_PATH_KEYS = ("train_file", "validation_file", "test_file", "split_file")
+"""Fields of :class:`DataConfig` holding file paths (read relative to the config's folder)."""
+
+
+def resolve_data_paths(data: dict, base: Path) -> dict:
+    """``data`` (a YAML ``data:`` mapping) with relative file paths read from ``base``.
+
+    A relative path is taken from the config file's folder ``base``; if the file is not
+    there but exists relative to the current folder (configs written before this rule), that
+    one is used with a warning. ASE's ``@index`` suffix is kept. A file found in neither place
+    is a :class:`ConfigError` that names both places.
+    """
+    data = dict(data)
+    for key in DATA_PATH_KEYS:
+        value = data.get(key)
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            continue
+        name, at, index = value.partition("@")
+        if (base / name).exists():
+            data[key] = os.path.normpath(base / name) + at + index
+        elif Path(name).exists():
+            warnings.warn(f"data.{key}: {name} is not in the config's folder {base}; using "
+                          f"{Path(name).resolve()} from the current folder (write the path "
+                          "relative to the config file)", UserWarning, stacklevel=2)
+        else:
+            raise ConfigError(f"data.{key}", f"no such file {name!r}: relative paths are read "
+                              f"from the config file's folder {base} (also tried the current "
+                              f"folder {Path.cwd()}); fix the path or make it absolute")
+    return data
+
+
+def load_train_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> TrainConfig:
+    """The :class:`TrainConfig` of a YAML file, data paths relative to its folder (see
+    :func:`resolve_data_paths`), then ``--set`` overrides (paths there: the current folder)."""
+    data = load_yaml(path)
+    if isinstance(data.get("data"), dict):
+        data["data"] = resolve_data_paths(data["data"], Path(path).resolve().parent)
+    return from_dict(TrainConfig, apply_overrides(data, overrides))

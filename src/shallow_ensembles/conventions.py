@@ -31,6 +31,16 @@ REF_ENERGY = "REF_energy"  # atoms.info, () | eV
 REF_FORCES = "REF_forces"  # atoms.arrays, (N, 3) | eV/Å
 REF_STRESS = "REF_stress"  # atoms.info, (6,) Voigt | eV/Å³
 
+# --- dataset predictions (calibration.predict_dataset: structures and atoms concatenated) ----
+# Raw or calibrated as asked; the calibration is always the model's (calibrate_outputs).
+# ENERGY_ENSEMBLE (S, M), ENERGY (S,) and FORCES (N, 3) keep the keys above.
+ENERGY_SIGMA = "energy_sigma"  # (S,) | eV | σ of the total energy, ddof=1
+FORCES_SIGMA = "forces_sigma"  # (N, 3) | eV/Å | σ per Cartesian component, ddof=1
+DATASET_REF_ENERGY = "ref_energy"  # (S,) | eV | reference total energies
+DATASET_REF_FORCES = "ref_forces"  # (N, 3) | eV/Å | reference forces
+N_ATOMS = "n_atoms"  # (S,) | -- | atoms per structure
+NUMBERS = "numbers"  # (N,) | -- | atomic numbers
+
 ENSEMBLE_PROPERTIES = (
     ENERGY_UNCERTAINTY,
     ENERGY_ENSEMBLE,

@@ -16,15 +16,15 @@ WATER = ROOT / "examples" / "data" / "water_64H2O_60frames.extxyz"
 
 def run_demo(output: Path, skip_training: bool = False, md_steps: int = 20) -> int:
     """Run the demo into ``output``; returns an exit code."""
-    from .config import TrainConfig, from_dict, load_yaml
+    from .config import load_train_config
     from .data import graphs_from_atoms
     from .evaluation import evaluate
     from .model import load_model
     from .training import load_datasets, train
 
     output.mkdir(parents=True, exist_ok=True)
-    config = from_dict(TrainConfig, load_yaml(DEMO_CONFIG, [
-        f"output_dir={output / 'train'}", f"data.train_file={WATER}"]))
+    config = load_train_config(DEMO_CONFIG, [
+        f"output_dir={output / 'train'}", f"data.train_file={WATER}"])
     start = time.perf_counter()
     if skip_training:
         model = load_model(SHIPPED_MODEL)

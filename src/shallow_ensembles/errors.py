@@ -22,6 +22,13 @@ class DataError(ShallowEnsembleError, ValueError):
         )
         super().__init__(f"{where}: {message}" if where else message)
         self.file, self.frame, self.key = file, frame, key
+        self.detail = message
+        """The message without the location prefix."""
+
+    def located(self, *, file=None, frame=None) -> DataError:
+        """A copy of this error (same class) with ``file``/``frame`` filled in where unknown."""
+        return type(self)(self.detail, file=self.file if self.file is not None else file,
+                          frame=self.frame if self.frame is not None else frame, key=self.key)
 
 
 class ElementError(DataError):

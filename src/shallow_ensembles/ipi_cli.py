@@ -40,6 +40,9 @@ def register(subparsers) -> None:
                         help="prefix of UNIX socket files (i-PI's default: /tmp/ipi_)")
     driver.add_argument("--connect-timeout-s", type=float, default=60.0,
                         help="wait this long for the server to appear")
+    driver.add_argument("--server-timeout-s", type=float, default=None,
+                        help="give up when the connected server sends nothing for this long "
+                             "(default: wait forever)")
     _driver_options(driver)
     driver.add_argument("--verbose", action="store_true", help="one line per evaluation")
     driver.set_defaults(func=_run_driver)
@@ -102,7 +105,8 @@ def _run_driver(args) -> int:
     target = args.unix if args.unix is not None else f"{args.address}:{args.port}"
     try:
         outcome = serve(driver, unix=args.unix, address=args.address, port=args.port,
-                        sockets_prefix=args.sockets_prefix, timeout_s=args.connect_timeout_s)
+                        sockets_prefix=args.sockets_prefix, timeout_s=args.connect_timeout_s,
+                        server_timeout_s=args.server_timeout_s)
     except ConnectionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 """Verbs ``md`` and ``reweight`` of the ``shallow-ensembles`` command (parsing only).
 
 Heavy modules (torch, ASE dynamics, matplotlib) are imported inside the functions, so
-``--help`` stays instant.
+``--help`` stays instant. ``md`` exits 0 when the run completed, 3 when a stop action, a
+rollback or a callback ended it early, 4 when the guard stopped it (``cli.py``).
 """
 
 from __future__ import annotations
@@ -84,7 +85,14 @@ def md_command(args: argparse.Namespace) -> int:
                   f"T = {record['temperature_K']:.1f} K"
                   + (f" (target {target:.1f} K)" if target is not None else ""))
     print(f"outputs in:       {result.output_dir}")
-    return 0
+    return exit_code(result.stop_reason)
+
+
+def exit_code(stop_reason: str) -> int:
+    """The exit status of ``md`` for :attr:`MDResult.stop_reason` (table in ``cli.py``)."""
+    from .cli import EXIT_GUARD, EXIT_STOPPED
+
+    return {"completed": 0, "guard": EXIT_GUARD}.get(stop_reason, EXIT_STOPPED)
 
 
 def reweight_command(args: argparse.Namespace) -> int:

@@ -13,6 +13,9 @@ from statistics import NormalDist
 import numpy as np
 
 _TINY = 1e-300
+ORACLE_EPS = 1e-12
+"""Floor of the oracle variance r² in :func:`rll` (same unit²), so that a residual of exactly 0
+does not make the oracle NLL −∞; the usual definition's ε."""
 
 
 def rmse(residual) -> float:
@@ -40,7 +43,7 @@ def rll(residual, sigma) -> float:
     """
     residual = np.asarray(residual, dtype=float)
     mse = np.mean(np.square(residual))
-    oracle = np.maximum(np.square(residual), _TINY)
+    oracle = np.maximum(np.square(residual), ORACLE_EPS)
     reference = gaussian_nll(residual, np.full_like(residual, mse))
     best = gaussian_nll(residual, oracle)
     return float(100 * (gaussian_nll(residual, np.square(sigma)) - reference) / (best - reference))
@@ -51,20 +54,24 @@ def coverage(residual, sigma, k: float) -> float:
     return float(np.mean(np.abs(residual) <= k * np.asarray(sigma)))
 
 
-def calibration_curve(residual, sigma, n_points: int = 99) -> tuple[np.ndarray, np.ndarray]:
-    """Expected vs observed coverage of central Gaussian intervals, two arrays (n_points,)."""
-    expected = np.linspace(0.01, 0.99, n_points)
+def calibration_curve(residual, sigma, n_points: int = 101) -> tuple[np.ndarray, np.ndarray]:
+    """Expected vs observed coverage of central Gaussian intervals on the full [0, 1] grid.
+
+    Returns two arrays of shape (n_points,): expected fractions p = 0, …, 1 and the observed
+    fractions of |r|/σ ≤ Φ⁻¹(½ + p/2) (the interval is empty at p = 0, the whole line at 1).
+    """
+    expected = np.linspace(0.0, 1.0, n_points)
     z = np.abs(np.asarray(residual)) / np.maximum(np.asarray(sigma), _TINY)
-    quantiles = np.array([NormalDist().inv_cdf(0.5 + p / 2) for p in expected])
+    quantiles = np.array([NormalDist().inv_cdf(0.5 + p / 2) if p < 1 else np.inf
+                          for p in expected])
     observed = (z[None, :] <= quantiles[:, None]).mean(axis=1)
     return expected, observed
 
 
 def miscalibration_area(residual, sigma) -> float:
-    """Area between observed and expected coverage curves, in [0, 0.5]; 0 is calibrated."""
+    """Area between observed and expected coverage over p ∈ [0, 1], in [0, 0.5]; 0 is calibrated."""
     expected, observed = calibration_curve(residual, sigma)
-    return float(np.trapezoid(np.abs(observed - expected), expected)
-                 / (expected[-1] - expected[0]))
+    return float(np.trapezoid(np.abs(observed - expected), expected))
 
 
 def _ranks(x) -> np.ndarray:

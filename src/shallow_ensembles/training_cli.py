@@ -44,12 +44,12 @@ def register(sub) -> None:
 
 def cmd_train(args) -> int:
     """``shallow-ensembles train``."""
-    from .config import TrainConfig, from_dict, load_yaml
+    from .config import TrainConfig, load_train_config
 
     code = config_preamble(args, TrainConfig, "train", required="config")
     if code is not None:
         return code
-    config = from_dict(TrainConfig, load_yaml(args.config, args.set))
+    config = load_train_config(args.config, args.set)
     log_to_stderr()
     from .training import train
 

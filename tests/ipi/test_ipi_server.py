@@ -228,3 +228,42 @@ def test_ipi_run_errors_exit_2_before_starting_ipi(files, tmp_path, capsys, case
     assert code == 2 and err.startswith("error: ")
     assert BAD_INPUTS[case] in err
     assert not (tmp_path / "run" / "ipi.log").exists()  # i-PI never started
+
+
+def test_a_driver_with_the_wrong_atom_count_leaves_the_server_usable(files, tmp_path):
+    """A driver whose template has fewer atoms refuses the first structure and disconnects;
+    a correct driver connecting afterwards still runs the simulation to its end."""
+    import threading
+
+    from shallow_ensembles.errors import DataError
+    from shallow_ensembles.ipi.driver import ShallowEnsembleDriver, serve
+    from shallow_ensembles.ipi.run import ipi_executable, prepare_run
+
+    plan = prepare_run(protocol_copy("nvt_committee.xml", tmp_path / "input"), tmp_path / "run",
+                       structure=files["water"], steps=3)
+    small = tmp_path / "small.extxyz"
+    ase.io.write(small, water_box()[:21])
+    wrong = ShallowEnsembleDriver(model=str(files["model"]), template=str(small))
+    right = ShallowEnsembleDriver(model=str(files["model"]), template=str(files["water"]))
+    connect = plan.sockets[0].connect_kwargs()
+    log = open(plan.run_dir / "ipi.log", "w")  # noqa: SIM115 - closed in finally
+    process = subprocess.Popen([sys.executable, ipi_executable(), plan.input_xml.name],
+                               cwd=plan.run_dir, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    outcome = {}
+    try:
+        with pytest.raises(DataError, match="i-PI server sent 24 atoms but the template has 21"):
+            serve(wrong, timeout_s=60, server_timeout_s=60, **connect)
+        thread = threading.Thread(target=lambda: outcome.update(
+            result=serve(right, timeout_s=60, server_timeout_s=60, **connect)), daemon=True)
+        thread.start()
+        process.wait(timeout=TIMEOUT_S)
+        thread.join(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+        Path("/tmp/ipi_" + connect["unix"]).unlink(missing_ok=True)
+    assert process.returncode == 0, (plan.run_dir / "ipi.log").read_text()[-2000:]
+    assert wrong.n_evaluations == 0
+    assert outcome.get("result") == "exit" and right.n_evaluations >= 4

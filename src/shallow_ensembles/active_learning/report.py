@@ -35,10 +35,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from ase import Atoms
 
-from ..calibration import predict_dataset
+from ..calibration import predict_dataset, predict_dataset_pair
 from ..data.batch import graphs_from_atoms
 from ..evaluation import compute_metrics
 from ..model import ShallowEnsemble
@@ -70,8 +69,8 @@ def model_metrics(model: ShallowEnsemble, frames: Sequence[Atoms]) -> dict[str, 
     out = {"alpha_energy": alpha_e, "alpha_forces": alpha_f}
     if not frames:
         return out
-    pred = predict_dataset(model, graphs_from_atoms(frames, model.cutoff), member_forces=True)
-    metrics = compute_metrics(pred, alpha_e, alpha_f)["calibrated"]
+    raw, calibrated = predict_dataset_pair(model, graphs_from_atoms(frames, model.cutoff))
+    metrics = compute_metrics(raw, alpha_e, alpha_f, calibrated=calibrated)["calibrated"]
     out.update({
         "test_energy_rmse_meV_per_atom": 1e3 * metrics["energy_per_atom"]["rmse"],
         "test_forces_rmse_meV_per_A": 1e3 * metrics["forces"]["rmse"],
@@ -83,10 +82,9 @@ def model_metrics(model: ShallowEnsemble, frames: Sequence[Atoms]) -> dict[str, 
 
 def frame_errors(model: ShallowEnsemble, frames: Sequence[Atoms]) -> tuple[float, float]:
     """(force RMSE, mean over frames of max_i ‖σ(F_i)‖), both meV/Å, calibrated σ."""
-    pred = predict_dataset(model, graphs_from_atoms(frames, model.cutoff), member_forces=True)
+    pred = predict_dataset(model, graphs_from_atoms(frames, model.cutoff), calibrated=True)
     rmse = float(np.sqrt(np.mean((pred["forces"] - pred["ref_forces"]) ** 2)))
-    alphas = model.force_alphas(torch.as_tensor(pred["numbers"])).detach().double().numpy()
-    norms = alphas * np.linalg.norm(pred["forces_sigma"], axis=1)
+    norms = np.linalg.norm(pred["forces_sigma"], axis=1)
     per_frame = [part.max() for part in np.split(norms, np.cumsum(pred["n_atoms"])[:-1])]
     return 1e3 * rmse, 1e3 * float(np.mean(per_frame))
 

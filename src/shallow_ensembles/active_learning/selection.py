@@ -153,10 +153,10 @@ def frame_sigma(model: ShallowEnsemble, frames: Sequence[Atoms], quantity: str) 
     from ..calibration import predict_dataset
     from ..data.batch import graphs_from_atoms
 
-    pred = predict_dataset(model, graphs_from_atoms(frames, model.cutoff), member_forces=True)
+    pred = predict_dataset(model, graphs_from_atoms(frames, model.cutoff),
+                           member_forces=quantity != "energy_per_atom", calibrated=True)
     if quantity == "energy_per_atom":
-        return float(model.alpha_energy) * pred["energy_sigma"] / pred["n_atoms"]
-    alphas = model.force_alphas(torch.as_tensor(pred["numbers"])).detach().double().numpy()
-    norms = alphas * np.linalg.norm(pred["forces_sigma"], axis=1)
+        return pred["energy_sigma"] / pred["n_atoms"]
+    norms = np.linalg.norm(pred["forces_sigma"], axis=1)
     bounds = np.cumsum(pred["n_atoms"])[:-1]
     return np.array([part.max() for part in np.split(norms, bounds)])

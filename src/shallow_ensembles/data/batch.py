@@ -15,6 +15,7 @@ import torch
 from ase import Atoms
 
 from .. import conventions as K
+from ..errors import DataError
 from .neighbors import neighbor_list
 
 
@@ -55,8 +56,14 @@ class Graph:
 
 
 def graphs_from_atoms(frames: Sequence[Atoms], cutoff: float) -> list[Graph]:
-    """:meth:`Graph.from_atoms` over a list of frames."""
-    return [Graph.from_atoms(a, cutoff) for a in frames]
+    """:meth:`Graph.from_atoms` over a list of frames; a bad frame's DataError names its index."""
+    graphs = []
+    for k, atoms in enumerate(frames):
+        try:
+            graphs.append(Graph.from_atoms(atoms, cutoff))
+        except DataError as err:
+            raise err.located(frame=k) from err
+    return graphs
 
 
 class Batch(NamedTuple):

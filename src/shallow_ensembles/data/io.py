@@ -7,6 +7,7 @@ After :func:`read_structures`, every frame carries its labels under the project'
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ase.data import chemical_symbols
 
 from .. import conventions as K
 from ..errors import DataError, ElementError
+from .neighbors import check_geometry
 
 
 def read_structures(
@@ -51,7 +53,7 @@ def read_structures(
     """
     path = Path(path)
     frames = read_frames(path, index)
-    return [
+    labelled = [
         label_frame(
             atoms,
             file=path,
@@ -65,6 +67,31 @@ def read_structures(
         )
         for i, atoms in enumerate(frames)
     ]
+    check_units(labelled, path)
+    return labelled
+
+
+FORCE_RMS_RANGE_EV_PER_A = (0.05, 15.0)
+"""Force RMS (eV/Å) outside which labels look like another unit system: typical DFT data sets
+give 0.3–3 eV/Å; the same forces in kcal/mol/Å are 23× larger, in Hartree/bohr 51× smaller."""
+
+
+def check_units(frames: Sequence[Atoms], file=None) -> None:
+    """Warn when the force labels' RMS (eV/Å) suggests kcal/mol or Hartree units.
+
+    Labels must be eV and eV/Å; nothing is converted. Frames without forces are skipped.
+    """
+    forces = [a.arrays[K.REF_FORCES] for a in frames if K.REF_FORCES in a.arrays]
+    if not forces:
+        return
+    rms = float(np.sqrt(np.mean(np.concatenate(forces) ** 2)))
+    low, high = FORCE_RMS_RANGE_EV_PER_A
+    if rms == 0.0 or low <= rms <= high:
+        return
+    guess = "kcal/mol/Å (23× eV/Å)" if rms > high else "Hartree/bohr (1/51 of eV/Å)"
+    warnings.warn(f"{file}: force labels have an RMS of {rms:.3g} eV/Å, outside the usual "
+                  f"{low}–{high} eV/Å; are they in {guess}? Labels must be in eV and eV/Å: "
+                  "convert energies and forces before training", UserWarning, stacklevel=3)
 
 
 def read_frames(path: str | Path, index: str | int = ":") -> list[Atoms]:
@@ -138,6 +165,7 @@ def label_frame(
         raise DataError("positions contain NaN or inf", file=file, frame=frame, key="positions")
     if elements is not None:
         check_elements(atoms.numbers, elements, file=file, frame=frame)
+    check_geometry(atoms, file=file, frame=frame)
     energy = _lookup(atoms, energy_key, "energy", "info")
     forces = _lookup(atoms, forces_key, "forces", "arrays")
     stress = _lookup(atoms, stress_key, "stress", "info")

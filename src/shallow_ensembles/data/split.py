@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,3 +58,25 @@ def load_split(path: str | Path, n_frames: int | None = None) -> Split:
         raise DataError(f"split made for {split.n_frames} frames, the data has {n_frames}",
                         file=path)
     return split
+
+
+def fingerprint(atoms) -> str:
+    """Hash of numbers, positions (rounded to 1e-6 Å), cell and pbc: equal for identical frames."""
+    digest = hashlib.sha256()
+    for array in (atoms.numbers.astype(np.int64), np.round(atoms.positions, 6) + 0.0,
+                  np.round(atoms.cell.array, 6) + 0.0, atoms.pbc.astype(np.int8)):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def shared_frames(subsets: dict[str, Sequence]) -> dict[tuple[str, str], int]:
+    """Frames (as :func:`fingerprint`) found in two subsets: ``{(name_a, name_b): count}``."""
+    prints = {name: {fingerprint(a) for a in frames} for name, frames in subsets.items()}
+    names = list(prints)
+    overlaps = {}
+    for k, a in enumerate(names):
+        for b in names[k + 1:]:
+            count = len(prints[a] & prints[b])
+            if count:
+                overlaps[(a, b)] = count
+    return overlaps

@@ -44,6 +44,7 @@ written and labelled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
@@ -54,7 +55,6 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
-import torch
 from ase import Atoms
 from ase.units import Bohr, Hartree
 from ipi.pes.dummy import Dummy_driver
@@ -272,15 +272,13 @@ class ShallowEnsembleDriver(Dummy_driver):
         """Member forces (M, N, 3) eV/Å and stresses (M × (6,) or None) to send to i-PI."""
         forces = results[K.FORCES_ENSEMBLE]
         stress = results.get(K.STRESS_ENSEMBLE)
-        if self.energy_consistent_members:
-            # undo the force calibration, apply the energy one: F̄ + α_E (F_raw − F̄)
-            model = self.calculator.model
-            alpha_e = float(model.alpha_energy)
-            per_atom = model.force_alphas(torch.as_tensor(self.numbers, device=self.device))
-            ratio = alpha_e / per_atom.detach().cpu().double().numpy()
-            forces = _rescale(forces, ratio[None, :, None])
+        if self.energy_consistent_members:  # F̄ + α_E (F_raw − F̄), from the model's raw members
+            calc = self.calculator
+            out = calc.model.calibrate_outputs(calc.raw_member_outputs, self.numbers,
+                                               forces_like_energy=True)
+            forces = out["forces_ensemble"].detach().cpu().double().numpy()
             if stress is not None:
-                stress = _rescale(stress, alpha_e / float(model.alpha_forces))
+                stress = out["stress_ensemble"].detach().cpu().double().numpy()[:, 0]
         return forces, list(stress) if stress is not None else [None] * len(forces)
 
     # --- uncertainty bookkeeping and candidates ----------------------------------------------
@@ -302,6 +300,11 @@ class ShallowEnsembleDriver(Dummy_driver):
     def n_evaluations(self) -> int:
         """Structures evaluated so far."""
         return self.log.evaluations
+
+    @property
+    def n_atoms(self) -> int:
+        """Atoms of the template: the count every structure from i-PI must have."""
+        return len(self.numbers)
 
     def _write_candidate(self, atoms: Atoms, level: str) -> None:
         attach_uncertainty(atoms, forces=K.FORCES_UNCERTAINTY in self.calculator.results)
@@ -329,12 +332,6 @@ def _to_json(extras: dict) -> str:
             value = value.tolist() if isinstance(value, np.ndarray) else value
             parts.append(f"{json.dumps(key)}:{json.dumps(value)}")
     return "{" + ",".join(parts) + "}"
-
-
-def _rescale(members: np.ndarray, factor) -> np.ndarray:
-    """Member deviations from the mean multiplied by ``factor`` (member axis first)."""
-    mean = members.mean(axis=0, keepdims=True)
-    return mean + factor * (members - mean)
 
 
 def _virial(atoms: Atoms, stress) -> np.ndarray:
@@ -425,26 +422,75 @@ def connect(*, unix: str | None = None, address: str = "localhost", port: int | 
         return sock
 
 
-def serve(driver: Dummy_driver, **connect_kwargs) -> str:
+class ServerTimeout(ConnectionError):
+    """The i-PI server sent nothing for longer than the driver's ``server_timeout_s``."""
+
+
+def serve(driver: Dummy_driver, server_timeout_s: float | None = None, **connect_kwargs) -> str:
     """Answer i-PI's requests with ``driver`` until i-PI sends EXIT or goes away.
 
     Parameters
     ----------
-    driver : any i-PI python driver (callable ``(cell, pos) -> (E, F, vir, extras)``)
+    driver : any i-PI python driver (callable ``(cell, pos) -> (E, F, vir, extras)``); with an
+        ``n_atoms`` attribute (ours), a server sending another number of atoms is refused
+        before anything is computed or answered
+    server_timeout_s : give up when the connected server sends nothing for this long, s
+        (None: wait forever, i-PI's behaviour; a hung server then blocks the driver)
     **connect_kwargs : see :func:`connect`
 
     Returns
     -------
     str : ``"exit"`` (i-PI ended the run) or ``"disconnected"`` (the server vanished)
+
+    Raises
+    ------
+    ServerTimeout : nothing arrived for ``server_timeout_s`` seconds
+    DataError : the server sent a structure with another number of atoms than the driver's
     """
     sock = connect(**connect_kwargs)
+    sock.settimeout(server_timeout_s)
     try:
         _serve_loop(sock, driver)
+    except TimeoutError as err:
+        raise ServerTimeout(f"the i-PI server sent nothing for {server_timeout_s:g} s (hung or "
+                            "stopped?); raise the server timeout or check i-PI") from err
     except (ServerGone, ConnectionResetError, BrokenPipeError):
         return "disconnected"
+    except Exception:  # a refused or failed structure: leave i-PI able to serve others
+        _close_gracefully(sock)
+        raise
     finally:
         sock.close()
     return "exit"
+
+
+def _close_gracefully(sock: socket.socket, drain_s: float = 5.0) -> None:
+    """End the connection with a plain end-of-file that i-PI handles as a disconnection.
+
+    Closing a socket with unread data (i-PI's GETFORCE after POSDATA) sends a TCP/UNIX reset;
+    i-PI 3.3's polling thread dies on the ConnectionResetError and the server then serves no
+    client. Shutting down the sending side and reading until i-PI closes avoids the reset.
+    """
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(drain_s)
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and sock.recv(4096):
+            pass
+
+
+def _refuse_atom_count(driver, n_atoms: int) -> None:
+    """Raise before computing or answering when ``n_atoms`` is not the driver's count.
+
+    :func:`serve` then closes the connection cleanly, so that i-PI drops this client and
+    hands the structure to the next one.
+    """
+    expected = getattr(driver, "n_atoms", None)
+    if expected is None or n_atoms == expected:
+        return
+    raise DataError(f"the i-PI server sent {n_atoms} atoms but the template has {expected}; "
+                    "give the driver the structure i-PI runs (its init file)",
+                    file=getattr(driver, "template_file", None))
 
 
 def _serve_loop(sock: socket.socket, driver) -> None:
@@ -463,6 +509,7 @@ def _serve_loop(sock: socket.socket, driver) -> None:
             _recv_array(sock, np.float64, 9)  # inverse cell, unused
             n_atoms = int(_recv_array(sock, np.int32, 1)[0])
             pos = _recv_array(sock, np.float64, 3 * n_atoms).reshape(n_atoms, 3)
+            _refuse_atom_count(driver, n_atoms)
             result = driver(cell, pos)
         elif header == GETFORCE:
             sock.sendall(FORCEREADY + _pack(result))

@@ -185,7 +185,8 @@ class UncertaintyMonitor:
         self.last_trusted: tuple[int, Atoms] | None = None
         """(step, frame) of the last complete trusted step (kept when a rollback is set)."""
         self.last_good: tuple[int, Atoms] | None = None
-        """(step, frame) of the last step checked by the guard and passed."""
+        """(step, frame) of the last step checked by the guard and passed, at a level below
+        ``failed``."""
 
     # --- wiring ------------------------------------------------------------------------------
     def attach(self, dynamics, interval: int = 1) -> UncertaintyMonitor:
@@ -281,7 +282,7 @@ class UncertaintyMonitor:
             if self.first[level] is None and LEVEL_ORDER[record.level] >= LEVEL_ORDER[level]:
                 self.first[level] = record
         frame = None
-        if checked:
+        if checked and record.level != FAILED:  # a σ-failed frame is no good frame to keep
             frame = self.atoms.copy()
             self.last_good = (record.step, frame)
         if self._keep_trusted and record.complete and record.level == TRUSTED:

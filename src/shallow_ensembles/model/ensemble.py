@@ -148,13 +148,33 @@ class ShallowEnsemble(nn.Module):
         """
         with torch.enable_grad():
             out = self._predict(batch, forces, stress, member_forces, create_graph, method)
-        if calibrated:
-            out = apply_calibration(out, float(self.alpha_energy), float(self.alpha_forces),
-                                    self.force_alphas(batch.numbers))
-        return out
+        return self.calibrate_outputs(out, batch.numbers) if calibrated else out
+
+    def calibrate_outputs(self, out: dict[str, torch.Tensor], numbers: torch.Tensor, *,
+                          forces_like_energy: bool = False) -> dict[str, torch.Tensor]:
+        """Raw ``predict``/``member_forces`` outputs → calibrated, with the stored factors.
+
+        The one place where calibration is applied (calculator, i-PI driver, evaluation,
+        active learning): :func:`apply_calibration` with α_E, α_F and the per-element force
+        factors (:meth:`force_alphas`).
+
+        Parameters
+        ----------
+        out : raw outputs (keys of the module table; any subset)
+        numbers : torch.Tensor, shape (N,), atomic numbers of the atoms of ``out``
+        forces_like_energy : rescale member forces and stresses by α_E instead of α_F, so that
+            they stay the exact derivatives of the calibrated member energies (i-PI's weighted
+            baseline needs that)
+        """
+        alpha_e = float(self.alpha_energy)
+        if forces_like_energy:
+            return apply_calibration(out, alpha_e, alpha_e)
+        return apply_calibration(out, alpha_e, float(self.alpha_forces),
+                                 self.force_alphas(numbers))
 
     def force_alphas(self, numbers: torch.Tensor) -> torch.Tensor:
         """Per-atom force calibration factors α_F · a_Z, (N,)."""
+        numbers = torch.as_tensor(numbers, device=self.alpha_forces.device)
         return self.alpha_forces * self.alpha_forces_species[self.species_index[numbers]]
 
     def _predict(self, batch, forces, stress, member_forces, create_graph, method):

@@ -15,8 +15,8 @@ from ..conventions import DDOF
 
 
 def structure_weights(n_atoms: torch.Tensor, exponent: float) -> torch.Tensor:
-    """w_k = N_k^(−a), (S,): a = 1 makes every structure's loss per atom."""
-    return n_atoms.to(torch.get_default_dtype()).pow(-exponent)
+    """w_k = N_k^(−a), (S,) float64 (callers cast): a = 1 makes every structure's loss per atom."""
+    return n_atoms.to(torch.float64).pow(-exponent)
 
 
 def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,6 +43,7 @@ def force_nll(members: torch.Tensor, target: torch.Tensor, kind: str = "componen
     ``component``: Σ_xyz ½[log σ_x² + r_x²/σ_x²] (one Gaussian per Cartesian component);
     ``isotropic``: 3 × ½[log σ̄² + |r|²/(3σ̄²)] with σ̄² the mean of the 3 component variances;
     ``full``: ½[rᵀΣ⁻¹r + log det Σ], Σ = (1/(M−1)) Σ_m d_m d_mᵀ + jitter·I, d_m = F_m − F̄.
+    With M ≤ 3 members Σ is singular without the jitter; see :func:`_cholesky_3x3`.
     """
     mean = members.mean(0)
     residual = target - mean
@@ -54,12 +55,31 @@ def force_nll(members: torch.Tensor, target: torch.Tensor, kind: str = "componen
     if kind == "full":
         dev = members - mean
         cov = torch.einsum("mna,mnb->nab", dev, dev) / (members.shape[0] - DDOF)
-        cov = cov + jitter * torch.eye(3, dtype=cov.dtype, device=cov.device)
-        chol = torch.linalg.cholesky(cov)
+        chol = _cholesky_3x3(cov, jitter)
         solved = torch.cholesky_solve(residual.unsqueeze(-1), chol).squeeze(-1)
         logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
         return 0.5 * ((residual * solved).sum(-1) + logdet)
     raise ValueError(f"force NLL kind must be component, isotropic or full, got {kind!r}")
+
+
+def _cholesky_3x3(cov: torch.Tensor, jitter: float) -> torch.Tensor:
+    """Cholesky factors (N, 3, 3) of cov (N, 3, 3) + j·I, with j large enough for the dtype.
+
+    The jitter is at least √ε_dtype · max(trace(Σ)/3, 1) per atom: float32 rounds a 1e-6 jitter
+    away for forces of order 1 eV/Å, and with M ≤ 3 members (singular Σ) the condition number,
+    hence the relative error of the solve, stays near 1/√ε (3e-4 in float32). Atoms whose
+    factorisation still fails (``cholesky_ex`` info > 0) are retried with a 1000× larger
+    jitter, so one degenerate atom does not stop training.
+    """
+    eye = torch.eye(3, dtype=cov.dtype, device=cov.device)
+    scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).detach().clamp_min(1.0)
+    floor = torch.finfo(cov.dtype).eps ** 0.5 * scale
+    jitter = torch.clamp_min(floor, jitter)[:, None, None]
+    chol, info = torch.linalg.cholesky_ex(cov + jitter * eye)
+    if bool((info > 0).any()):
+        retry, _ = torch.linalg.cholesky_ex(cov + 1e3 * jitter * eye)
+        chol = torch.where((info > 0)[:, None, None], retry, chol)
+    return chol
 
 
 def gaussian_crps(mean: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,10 @@ member-mse    mean_m (E_m − E)²            (F̄ − F)²
 energy-nll    ½[log σ_E² + r²/σ_E²]        (F̄ − F)² (no member forces: costs one model)
 force-nll     ½[log σ_E² + r²/σ_E²]        force NLL of the member forces (``loss.force_nll``)
 ============  ===========================  ===============================================
+
+With ``loss.uncertainty_loss: crps`` the NLLs of the last two rows are replaced by the Gaussian
+CRPS (per structure energy, per force component). The stress term is the MSE of the mean
+stress in every kind (from the member stresses in force-nll stages).
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from __future__ import annotations
 import torch
 
 from ..config import LossConfig
+from ..conventions import DDOF
 from ..data.batch import Batch
 from ..model import ShallowEnsemble
+from ..model.ensemble import apply_calibration
 from . import losses
 
 
@@ -38,8 +44,8 @@ def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
     """
     want_stress = cfg.stress_weight > 0 and batch.stress is not None
     member = kind == "force-nll"
-    out = model.predict(batch, forces=not member, stress=want_stress and not member,
-                        member_forces=member, create_graph=training, method=method)
+    out = model.predict(batch, forces=not member, stress=want_stress, member_forces=member,
+                        create_graph=training, method=method)
     members = out["energy_ensemble"]
     exponent = cfg.atom_exponent if kind in ("mse", "member-mse") else cfg.nll_atom_exponent
     weights = losses.structure_weights(batch.n_atoms, exponent).to(batch.energy)
@@ -48,7 +54,7 @@ def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
     elif kind == "member-mse":
         energy = losses.mse(members, batch.energy[:, None]).mean(1)
     else:
-        energy = losses.energy_nll(members, batch.energy, cfg.variance_floor)
+        energy = _energy_score(members, batch.energy, cfg)
     energy_term = (weights * energy).mean()
     if kind in ("energy-nll", "force-nll") and cfg.energy_anchor:
         anchor = losses.structure_weights(batch.n_atoms, cfg.atom_exponent).to(batch.energy)
@@ -56,8 +62,7 @@ def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
             anchor * losses.mse(out["energy"], batch.energy)).mean()
     if member:
         forces = out["forces_ensemble"]
-        force_term = losses.force_nll(forces, batch.forces, cfg.force_nll, cfg.variance_floor,
-                                      cfg.force_jitter).mean() / 3
+        force_term = _force_score(forces, batch.forces, cfg).mean() / 3
         mean_forces = forces.mean(0)
         if details is not None:
             details["force_residual"] = (batch.forces - mean_forces).detach()
@@ -93,15 +98,17 @@ def rescale_spread(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossCon
     forces = out["forces_ensemble"].detach() if member else None
     weights = losses.structure_weights(batch.n_atoms, cfg.nll_atom_exponent).to(energies)
 
+    raw = {"energy_ensemble": energies, "energy_uncertainty": energies.std(1)}
+    if member:
+        raw["forces_ensemble"] = forces
+
     def loss(c):
-        ens = energies.mean(1, keepdim=True) + c * (energies - energies.mean(1, keepdim=True))
-        total = cfg.energy_weight * (weights * losses.energy_nll(ens, batch.energy,
-                                                                  cfg.variance_floor)).mean()
+        scaled = apply_calibration(raw, c, c)
+        total = cfg.energy_weight * (weights * _energy_score(
+            scaled["energy_ensemble"], batch.energy, cfg)).mean()
         if member:
-            mean = forces.mean(0, keepdim=True)
-            ens_f = mean + c * (forces - mean)
-            total = total + cfg.forces_weight * losses.force_nll(
-                ens_f, batch.forces, cfg.force_nll, cfg.variance_floor, cfg.force_jitter).mean() / 3
+            total = total + cfg.forces_weight * _force_score(
+                scaled["forces_ensemble"], batch.forces, cfg).mean() / 3
         return float(total)
 
     grid = [10.0 ** (k / 8) for k in range(-24, 25)]
@@ -111,3 +118,19 @@ def rescale_spread(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossCon
         mean = weight.mean(0, keepdim=True)
         weight.copy_(mean + best * (weight - mean))
     return best
+
+
+def _energy_score(members: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Per-structure NLL or CRPS (``cfg.uncertainty_loss``), (S,), of member totals (S, M) eV."""
+    if cfg.uncertainty_loss == "crps":
+        sigma = members.var(1, correction=DDOF).clamp_min(cfg.variance_floor).sqrt()
+        return losses.gaussian_crps(members.mean(1), sigma, target)
+    return losses.energy_nll(members, target, cfg.variance_floor)
+
+
+def _force_score(members: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Per-atom force NLL or CRPS summed over xyz, (N,), of member forces (M, N, 3) eV/Å."""
+    if cfg.uncertainty_loss == "crps":
+        sigma = members.var(0, correction=DDOF).clamp_min(cfg.variance_floor).sqrt()
+        return losses.gaussian_crps(members.mean(0), sigma, target).sum(-1)
+    return losses.force_nll(members, target, cfg.force_nll, cfg.variance_floor, cfg.force_jitter)

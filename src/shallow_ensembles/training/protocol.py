@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ import yaml
 from ..config import TRAINED_STAGES, DataConfig, TrainConfig, to_dict
 from ..data import collate, fit_composition_baseline, graphs_from_atoms, read_structures
 from ..data.io import check_elements
-from ..data.split import load_split, make_split, save_split
+from ..data.split import load_split, make_split, save_split, shared_frames
+from ..errors import ConfigError, DataError, ModelFileError
 from ..model import ShallowEnsemble, load_model, save_model
-from ..model.io import file_sha256
+from ..model.io import file_sha256, load_error_summary
 from . import init as heads
 from .trainer import Trainer, distributed_info
 
@@ -36,15 +38,66 @@ class Datasets:
     test: list
 
 
-def load_datasets(cfg: DataConfig, run_dir: Path | None = None) -> Datasets:
-    """Read the files of ``cfg``; split ``train_file`` when no separate files are given."""
+RESUME_SECTIONS = ("data", "model", "protocol", "init_model")
+"""Config sections a resumed run must share with the run it continues (split, architecture)."""
+
+
+def check_resume(config: TrainConfig, run_dir: Path) -> None:
+    """Refuse ``--resume`` when the data split or the architecture changed; writes nothing.
+
+    Compares ``config`` with ``run_dir/resolved_config.yaml`` (if the run wrote one) on
+    :data:`RESUME_SECTIONS`; file paths compare equal when they name the same file.
+
+    Raises
+    ------
+    ConfigError naming the first changed dotted key, its old and new values and the remedy.
+    """
+    saved = run_dir / "resolved_config.yaml"
+    if not saved.is_file():
+        return
+    old = _flatten({k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()
+                    if k in RESUME_SECTIONS})
+    new = _flatten({k: v for k, v in to_dict(config).items() if k in RESUME_SECTIONS})
+    for key in sorted(set(old) | set(new)):
+        if not _same_value(old.get(key), new.get(key)):
+            raise ConfigError(key, f"changed from {old.get(key)!r} to {new.get(key)!r} since the "
+                              f"run in {run_dir} started ({saved.name}); --resume needs the same "
+                              "data split and architecture: restore the value, or train into a "
+                              "new output_dir (nothing was written)")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _same_value(a, b) -> bool:
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and Path(a).exists() and Path(b).exists():
+        return Path(a).resolve() == Path(b).resolve()
+    return False
+
+
+def load_datasets(cfg: DataConfig, run_dir: Path | None = None,
+                  resume: bool = False) -> Datasets:
+    """Read the files of ``cfg``; split ``train_file`` when no separate files are given.
+
+    With ``run_dir`` the split is saved to ``run_dir/split.json``; with ``resume`` an existing
+    split file there must equal the split drawn now (else a DataError, nothing overwritten).
+    """
     keys = {"energy_key": cfg.energy_key, "forces_key": cfg.forces_key,
             "stress_key": cfg.stress_key}
     frames = read_structures(cfg.train_file, **keys)
     if cfg.validation_file is not None:
         validation = read_structures(cfg.validation_file, **keys)
         test = read_structures(cfg.test_file, **keys) if cfg.test_file else []
-        return Datasets(frames, validation, test)
+        return _warn_shared(Datasets(frames, validation, test))
     n = len(frames)
     if cfg.split_file:
         split = load_split(cfg.split_file, n)
@@ -53,10 +106,37 @@ def load_datasets(cfg: DataConfig, run_dir: Path | None = None) -> Datasets:
         n_train = cfg.n_train if cfg.n_train is not None else max(1, int(0.8 * n))
         split = make_split(n, n_train, n_val, cfg.n_test, cfg.split_seed)
     if run_dir is not None:
-        save_split(split, run_dir / "split.json")
+        saved = run_dir / "split.json"
+        if resume and saved.is_file() and load_split(saved) != split:
+            raise DataError("the split drawn now differs from the one of the run being resumed "
+                            "(did the data file change?); resume needs the same split: restore "
+                            "the data, or train into a new output_dir", file=saved)
+        save_split(split, saved)
     test = read_structures(cfg.test_file, **keys) if cfg.test_file else [
         frames[i] for i in split.test]
-    return Datasets([frames[i] for i in split.train], [frames[i] for i in split.validation], test)
+    return _warn_shared(Datasets([frames[i] for i in split.train],
+                                 [frames[i] for i in split.validation], test))
+
+
+def _warn_shared(data: Datasets) -> Datasets:
+    """Warn when identical frames sit in two subsets (optimistic validation, test and α)."""
+    subsets = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    for (a, b), count in shared_frames(subsets).items():
+        warnings.warn(f"data: {count} identical frame(s) are in both the {a} and the {b} set "
+                      "(same numbers, positions and cell): validation, calibration and test "
+                      "metrics on them are optimistic; remove duplicates from the data",
+                      UserWarning, stacklevel=3)
+    return data
+
+
+def _load_checkpoint(trainer: Trainer) -> dict | None:
+    """The trainer's checkpoint state; a corrupt file is a ModelFileError that says what to do."""
+    try:
+        return trainer.load_checkpoint()
+    except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt files
+        raise ModelFileError(trainer.checkpoint_path, "cannot be read as a checkpoint "
+                             f"({type(err).__name__}: {load_error_summary(err)}); delete it to "
+                             "train from the start, or restore it") from None
 
 
 def build_model(config: TrainConfig, train_graphs, species) -> ShallowEnsemble:
@@ -96,14 +176,16 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
 
     rank, _ = distributed_info()
     run_dir = Path(config.output_dir)
+    if resume:
+        check_resume(config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
     torch.manual_seed(config.training.seed)
+    data = load_datasets(config.data, run_dir if rank == 0 else None, resume=resume)
     if rank == 0:
         (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump(to_dict(config),
                                                                      sort_keys=False))
-    data = load_datasets(config.data, run_dir if rank == 0 else None)
     species = sorted({int(z) for a in data.train + data.validation for z in a.numbers})
     cutoff = config.model.cutoff_A
     if config.init_model:
@@ -119,7 +201,7 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
         config.training.device == "auto" and torch.cuda.is_available()) else "cpu"
     model = model.to(device)
     trainer = Trainer(model, train_graphs, val_graphs, config, run_dir)
-    state = trainer.load_checkpoint() if resume else None
+    state = _load_checkpoint(trainer) if resume else None
     if resume and state is None:
         LOG.warning("no checkpoint in %s: starting from scratch", run_dir)
     first = state["stage"] if state is not None else 0
