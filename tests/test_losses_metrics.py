@@ -157,15 +157,17 @@ def test_force_nll_stage_keeps_the_stress_term_and_crps_is_selectable():
     from shallow_ensembles.training.objectives import stage_loss
 
     model, batch = _labelled_periodic_batch()
-    cfg = LossConfig(stress_weight=2.0, uncertainty_loss="crps")
+    cfg = LossConfig(stress_weight=2.0, uncertainty_loss="crps", energy_anchor=0.5)
     total, parts = stage_loss(model, batch, "force-nll", cfg, training=False)
     out = model.predict(batch, forces=True, stress=True, member_forces=True)
     stress_mse = float(((out["stress"] - batch.stress) ** 2).mean())
     assert parts["stress"] == pytest.approx(stress_mse, rel=1e-10)
-    # the same loss by hand: Gaussian CRPS of energies (per atom weighted) and force components
+    # the same loss by hand: Gaussian CRPS of energies (per atom weighted) and force components,
+    # plus the MSE anchor of the mean energy
     members, forces = out["energy_ensemble"], out["forces_ensemble"]
     energy = losses.gaussian_crps(members.mean(1), members.std(1), batch.energy)
-    energy = (energy / batch.n_atoms.double()).mean()
+    energy = (energy / batch.n_atoms.double()).mean()  # nll_atom_exponent 1, then the anchor:
+    energy = energy + 0.5 * ((members.mean(1) - batch.energy) ** 2 / batch.n_atoms).mean()
     force = losses.gaussian_crps(forces.mean(0), forces.std(0), batch.forces).sum(-1).mean() / 3
     energy, force = float(energy.detach()), float(force.detach())
     assert parts["energy"] == pytest.approx(energy, rel=1e-10)
