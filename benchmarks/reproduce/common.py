@@ -58,7 +58,7 @@ class System:
 
 SYSTEMS = {s.name: s for s in (
     System("water", "liquid water, 64 H2O (192 atoms), PBC",
-           ("water_64H2O_deepmd_example.extxyz",), 60, 20, 40, epochs=80, patience=10),
+           ("water_64H2O_deepmd_example.extxyz",), 60, 20, 40, epochs=120, patience=15),
     System("batio3", "BaTiO3 3×3×3 supercell (135 atoms), PBC",
            ("batio3_allegropol_pbe.extxyz",), 40, 10, 23, epochs=120, patience=15),
     System("carbon", "amorphous (64 atoms) and crystalline (4 atoms) carbon, PBC",
