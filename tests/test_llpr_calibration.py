@@ -135,4 +135,8 @@ def test_evaluate_uses_the_per_element_force_factors(ethanol_frames, tmp_path):
     assert metrics["calibrated"]["energy"]["nll"] == pytest.approx(energy["nll"], rel=1e-9)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["alpha"]["forces_H"] == pytest.approx(1.6)
+    deviations = raw["energy_ensemble"] - raw["energy_ensemble"].mean(1, keepdims=True)
+    share = len(deviations) * np.sum(deviations.mean(0) ** 2) / np.sum(deviations**2)
+    assert saved["energy_offset_share"] == pytest.approx(share, rel=1e-9)
+    assert "Energy offset share" in (tmp_path / "report.md").read_text()
     assert "per element: H 1.6, C 0.4, O 0.8" in (tmp_path / "report.md").read_text()

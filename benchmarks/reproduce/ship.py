@@ -13,6 +13,7 @@ import argparse
 import shutil
 
 from common import OUT, RESULTS, ROOT, SYSTEMS, System, load_json
+from run import epochs_trained
 
 VALID_FOR = {
     "water": "H and O; liquid water near ambient density and 300 K (the training frames)",
@@ -44,10 +45,11 @@ def card(system: System, name: str, size: int) -> str:
         f"| architecture | built-in power-spectrum backbone, cutoff {model.cutoff:g} Å, "
         f"M = {model.n_members} members, {str(model.dtype).removeprefix('torch.')}; "
         f"{size / 1e3:.0f} kB |",
-        f"| protocol | `two-step-llpr`: MSE ({system.epochs} epochs), heads sampled from the "
-        f"last-layer Laplace posterior, then {system.fine_tune_epochs} epochs of energy + force "
-        "NLL on all parameters (lr 5e-4); batch "
-        f"{system.batch_size}, lr {system.learning_rate} |",
+        f"| protocol | `two-step-llpr`: MSE ({epochs_trained(system, 'mse')} epochs, "
+        f"patience {system.patience}), heads sampled from the last-layer Laplace posterior, then "
+        f"the package's fine-tune of all parameters with energy + force NLL "
+        f"({epochs_trained(system, 'two-step-llpr')} epochs, lr 5e-4, early stopping on the "
+        f"validation force NLL); batch {system.batch_size}, lr {system.learning_rate} |",
         f"| budget | {row['time_s']:.0f} CPU s of training (1 torch thread), stage 1 included |",
         f"| calibration | {cal} |",
         f"| valid for | {VALID_FOR[system.name]} |",
@@ -59,6 +61,11 @@ def card(system: System, name: str, size: int) -> str:
         f"{row['rll_e_cal']:.1f} | {row['nll_e_cal']:.2f} | {row['miscal_e_cal']:.3f} |",
         f"| forces (components) | {row['rmse_f_meV_A']:.1f} meV/Å | {row['rll_f_raw']:.1f} | "
         f"{row['rll_f_cal']:.1f} | {row['nll_f_cal']:.2f} | {row['miscal_f_cal']:.3f} |",
+        "",
+        f"Energy σ on the test frames: offset share {row['offset_share']:.3f} (the share of the "
+        "member-energy variance that is one constant per member: σ_E follows the structure when "
+        f"it is small), coefficient of variation of σ_E {row['sigma_e_cv']:.2f}, Spearman "
+        f"ρ(|error_E|, σ_E) {row['spearman_e']:.2f}.",
     ]
     return "\n".join([
         f"# `{name}` — {system.title}, two-step LLPR shallow ensemble", "", *table, "",

@@ -163,7 +163,7 @@ class StageConfig:
     energy_weight: float | None = None
     """Weight of the energy term in this stage; null: ``loss.energy_weight``."""
     trainable: Literal["all", "heads"] = "all"
-    """Train all parameters or only the heads (and per-species scales)."""
+    """Train all parameters or only the last layer (heads, per-species scales and shifts)."""
     regularizer: float | None = None
     """llpr: fixed ς; null: chosen on validation."""
     force_rows: bool = False

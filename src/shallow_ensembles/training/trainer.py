@@ -129,7 +129,7 @@ class Trainer:
 
     def _parameters(self, stage: StageConfig) -> list[nn.Parameter]:
         for name, p in self.model.named_parameters():
-            p.requires_grad_(stage.trainable == "all" or name.startswith(("head.", "scale")))
+            p.requires_grad_(stage.trainable == "all" or name.startswith(("head.", "scale", "shift")))
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def validate(self, kind: str, loss_cfg: LossConfig) -> dict[str, float]:
