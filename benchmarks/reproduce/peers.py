@@ -157,18 +157,23 @@ def epochs_for(cpu_s: float, runs: list[dict]) -> int:
     return max(1, round((cpu_s - setup) / per_epoch))
 
 
+def probes_and_converged(peer: str, system: System, data: dict) -> list[dict]:
+    """The peer's probe runs and, last, its converged run (``CONVERGED_CPU_S``, with early
+    stopping where the peer has it)."""
+    runs = [peer_run(peer, system, data, e) for e in PROBE_EPOCHS]
+    patience = system.patience if peer in EARLY_STOPPING else None
+    return [*runs, peer_run(peer, system, data, epochs_for(CONVERGED_CPU_S, runs), patience)]
+
+
 def train_peer(peer: str, system: System, data: dict, target_s: float) -> dict[str, dict]:
     """The peer's equal-CPU run (CPU time within ``TOLERANCE`` of ``target_s`` where one
     correction allows) and its converged run: {"equal CPU": info, "converged": info}."""
-    runs = [peer_run(peer, system, data, e) for e in PROBE_EPOCHS]
-    patience = system.patience if peer in EARLY_STOPPING else None
-    converged = peer_run(peer, system, data, epochs_for(CONVERGED_CPU_S, runs), patience)
-    runs.append(converged)
+    runs = probes_and_converged(peer, system, data)
     equal = peer_run(peer, system, data, epochs_for(target_s, runs))
     if abs(equal["time_s"] / target_s - 1) > TOLERANCE:
         runs.append(equal)
         equal = peer_run(peer, system, data, epochs_for(target_s, runs))
-    return {"equal CPU": equal, "converged": converged}
+    return {"equal CPU": equal, "converged": runs[len(PROBE_EPOCHS)]}
 
 
 def validation_curve(peer: str, folder: Path) -> list[float]:

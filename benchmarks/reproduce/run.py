@@ -106,7 +106,8 @@ def train_one(system: System, data: dict, name: str, stages: list[dict],
         "protocol": "custom", "stages": stages, "output_dir": str(folder / name),
         "init_model": str(folder / init / "model.pt") if init else None,
         "training": {"threads": 1, "progress": False, "batch_size": system.batch_size,
-                     "learning_rate": system.learning_rate, "seed": seed, **(training or {})}})
+                     "learning_rate": system.learning_rate, "seed": seed, "scheduler": "plateau",
+                     **(training or {})}})
     wall, cpu = time.perf_counter(), time.process_time()
     train(config)
     return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
@@ -240,10 +241,11 @@ def report(system: System, runs: dict, n_committee: int, results: Path = RESULTS
         f"(see its README for sources and licences). Split (seed 0, saved in "
         f"`{system.name}_split.json`): {system.n_train} train / {system.n_validation} validation "
         f"/ {system.n_test} test frames. Budget: every full stage runs until its validation "
-        f"loss has not improved for {system.patience} epochs (the best epoch is kept), at most "
+        f"loss has not improved for {system.patience} epochs (the best epoch is kept; the "
+        "learning rate halves after 5 epochs without improvement), at most "
         f"{system.epochs} epochs (the `epochs` column shows where each stopped); fine-tunes use "
-        "the package defaults (`FINE_TUNE`: at most 30 epochs, lr 5e-4, no warm-up, stop after "
-        f"5 epochs without a better validation force NLL); batch {system.batch_size}, lr "
+        "the package defaults (`FINE_TUNE`: at most 30 epochs, lr 5e-4, stop after 5 epochs "
+        f"without a better validation force NLL); batch {system.batch_size}, peak lr "
         f"{system.learning_rate}, 8 members, 1 torch thread. `mse-committee`: {n_committee} "
         "independently trained MSE models. α fitted on the validation frames (NLL-optimal); "
         "metrics on the test frames (RLL in %, NLL per structure / per component, eV units; "
