@@ -270,6 +270,13 @@ def _findings(rows: dict[str, dict]) -> list[dict]:
                   f"fine-tune = {own / ref:.2f} × scratch's time to the same target "
                   f"({total / ref:.2f} × with its stage 1)" if reached else
                   "never reaches 95 % of scratch's final validation RLL_F")
+        accurate, ref_accurate = r.get("ttt_accurate_own_s"), s.get("ttt_accurate_own_s")
+        if accurate is not None and ref_accurate:
+            timing += (f"; at scratch's accuracy {accurate:.0f} CPU s = "
+                       f"{accurate / ref_accurate:.2f} × scratch's "
+                       f"({r['ttt_accurate_total_s'] / ref_accurate:.2f} × with stage 1)")
+        elif "ttt_accurate_own_s" in r:
+            timing += "; never at scratch's accuracy"
         out.append(dict(finding=3, claim=f"{name} reaches scratch calibration at ≤ 20 % of "
                         "scratch's time (time to 95 % of scratch's final validation RLL_F)",
                         holds=reached and own / ref <= 0.2, compares=("force-nll-scratch", name),
@@ -289,16 +296,19 @@ def learning_curve(log: Path) -> list[dict]:
     for r in rows:
         cpu += float(r["cpu_seconds"])
         curve.append({"cpu_s": cpu, "rll_f": float(r["val_rll_f"]),
-                      "force_nll": float(r["val_force_term"])})
+                      "force_nll": float(r["val_force_term"]), "rmse_f": float(r["val_rmse_f"])})
     if curve:
         best = min(range(len(curve)), key=lambda k: curve[k]["force_nll"])
         curve[best]["kept"] = True
     return curve
 
 
-def time_to_target(curve: list[dict], target: float) -> float | None:
-    """CPU s of the first epoch whose validation RLL_F reaches ``target``; None if none does."""
-    return next((c["cpu_s"] for c in curve if c["rll_f"] >= target), None)
+def time_to_target(curve: list[dict], target: float, rmse_cap: float = float("inf")
+                   ) -> float | None:
+    """CPU s of the first epoch whose validation RLL_F reaches ``target`` (and whose validation
+    force RMSE is at most ``rmse_cap``, eV/Å); None if none does."""
+    return next((c["cpu_s"] for c in curve if c["rll_f"] >= target and c["rmse_f"] <= rmse_cap),
+                None)
 
 
 def finding_line(f: dict) -> str:

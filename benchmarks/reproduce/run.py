@@ -136,16 +136,21 @@ def epochs_trained(system: System, name: str) -> int | None:
 
 def add_time_to_target(system: System, rows: dict) -> dict[str, list[dict]]:
     """Learning curves of the force-NLL runs and their time to 95 % of scratch's final
-    validation RLL_F (``ttt_own_s``: the run's own CPU s; ``ttt_total_s``: with its stage 1)."""
+    validation RLL_F (``ttt_own_s``: the run's own CPU s; ``ttt_total_s``: with its stage 1),
+    and to that RLL_F at a validation force RMSE within 5 % of scratch's (``ttt_accurate_*``):
+    the validation RLL_F is high early in training, when errors are large and uneven, so the
+    first target alone can be met by a model far less accurate than scratch's."""
     curves = {name: learning_curve(OUT / system.name / name / "train_log.csv")
               for name in ("force-nll-scratch", "two-step-llpr", "two-step-energy-nll")}
-    final = next(c["rll_f"] for c in curves["force-nll-scratch"] if c.get("kept"))
-    target = 0.95 * final if final > 0 else final
+    kept = next(c for c in curves["force-nll-scratch"] if c.get("kept"))
+    target = 0.95 * kept["rll_f"] if kept["rll_f"] > 0 else kept["rll_f"]
+    cap = 1.05 * kept["rmse_f"]
     for name, curve in curves.items():
-        own = time_to_target(curve, target)
         stage1 = rows[name]["time_s"] - rows[name]["own_time_s"]
+        own, accurate = time_to_target(curve, target), time_to_target(curve, target, cap)
         rows[name].update(ttt_own_s=own, ttt_total_s=None if own is None else own + stage1,
-                          ttt_target=target)
+                          ttt_target=target, ttt_rmse_cap=cap, ttt_accurate_own_s=accurate,
+                          ttt_accurate_total_s=None if accurate is None else accurate + stage1)
     return curves
 
 
@@ -192,15 +197,19 @@ def timing_lines(timing: dict | None, rows: dict) -> list[str]:
 
 def ttt_table(curves: dict, rows: dict) -> list[str]:
     """Markdown table of the time to target of each force-NLL run."""
+    def cell(value):
+        return "never" if value is None else f"{value:.0f}"
+
     lines = ["| run | stage 1 (CPU s) | own CPU s to target | total CPU s to target | "
-             "kept validation RLL_F | own CPU s |", "|---|---|---|---|---|---|"]
+             "own / total CPU s to target at scratch's accuracy | kept validation RLL_F | "
+             "kept validation RMSE_F (meV/Å) | own CPU s |", "|---|---|---|---|---|---|---|---|"]
     for name, curve in curves.items():
         r = rows[name]
-        kept = next(c["rll_f"] for c in curve if c.get("kept"))
-        cells = [f"{r['time_s'] - r['own_time_s']:.0f}",
-                 "never" if r["ttt_own_s"] is None else f"{r['ttt_own_s']:.0f}",
-                 "never" if r["ttt_total_s"] is None else f"{r['ttt_total_s']:.0f}",
-                 f"{kept:.1f}", f"{r['own_time_s']:.0f}"]
+        kept = next(c for c in curve if c.get("kept"))
+        cells = [f"{r['time_s'] - r['own_time_s']:.0f}", cell(r["ttt_own_s"]),
+                 cell(r["ttt_total_s"]),
+                 f"{cell(r['ttt_accurate_own_s'])} / {cell(r['ttt_accurate_total_s'])}",
+                 f"{kept['rll_f']:.1f}", f"{1000 * kept['rmse_f']:.0f}", f"{r['own_time_s']:.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -260,7 +269,10 @@ def report(system: System, runs: dict, n_committee: int, results: Path = RESULTS
         "",
         "Target: 95 % of the validation RLL_F (calibrated on the validation frames) of the "
         f"epoch that force NLL from scratch keeps: {target:.1f} %. Stage 1 is counted "
-        "separately and in the total.",
+        "separately and in the total. \"At scratch's accuracy\" also asks for a validation "
+        "force RMSE within 5 % of that epoch's "
+        f"({1000 * rows['force-nll-scratch']['ttt_rmse_cap']:.0f} meV/Å): the validation "
+        "RLL_F is high early in training, when the errors are large and uneven.",
         "",
         *ttt_table(curves, rows),
         "",
