@@ -4,8 +4,9 @@
 
 From ``run.py``'s ``llpr`` model of the system, fine-tunes all parameters with energy + force
 NLL for every combination of peak learning rate, warm-up epochs and energy weight below, each
-with early stopping on the validation force NLL (patience 5, at most 30 epochs, the best epoch
-kept), and scores them like ``run.py`` (α on validation, metrics on test). Writes
+with the package's cosine schedule over at most 30 epochs and early stopping on the validation
+force NLL (patience 5, the best epoch kept), and scores them like ``run.py`` (α on validation,
+metrics on test). Writes
 ``benchmarks/results/<system>_fine_tune_grid.md``/``.json``.
 """
 
@@ -42,7 +43,7 @@ def main() -> None:
                  "warmup_epochs": warm, "energy_weight": weight}
         folder = OUT / system.name / name
         if not (folder / "pred_test.npz").exists():
-            cost = train_one(system, data, name, [stage], init="llpr")
+            cost = train_one(system, data, name, [stage], {"scheduler": "cosine"}, init="llpr")
             predict_run(system, data, name)
             (folder / "cost.json").write_text(json.dumps(cost))
         cost = json.loads((folder / "cost.json").read_text())
@@ -55,8 +56,8 @@ def main() -> None:
     text = "\n".join([
         f"# {system.name}: fine-tune grid from one LLPR start", "",
         "Each row fine-tunes `run.py`'s `llpr` model (MSE stage 1 + last-layer Laplace heads) "
-        "with energy + force NLL, early stopping on the validation force NLL (patience 5, at "
-        "most 30 epochs). α on validation, metrics on test, CPU s of the fine-tune alone.", "",
+        "with energy + force NLL, cosine schedule over at most 30 epochs, early stopping on the "
+        "validation force NLL (patience 5). α on validation, metrics on test, CPU s of the fine-tune alone.", "",
         markdown_table(rows, COLUMNS), "",
         f"Command: `python benchmarks/reproduce/defaults.py {system.name}`", ""])
     (RESULTS / f"{system.name}_fine_tune_grid.md").write_text(text)

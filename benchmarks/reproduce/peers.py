@@ -15,12 +15,14 @@ metatrain: SOAP-BPNN, then its LLPR ensemble) twice on the system's split:
   stopping after ``System.patience`` epochs without a lower validation loss where the peer's
   trainer has it (apax); metatrain's cannot stop early and runs its cosine schedule to the end.
 
-Both keep the epoch with the best validation loss. Everything is scored with ``common.score``
-(α from validation, metrics on test), next to our ``force-nll-scratch``, ``two-step-llpr`` and
-``llpr`` rows; each package's ASE calculator (energy + forces + σ_E, and with member forces) and
-Langevin MD are timed once, on the first test frame, with our two-step model and each peer's
-converged model. One thread per process. Writes ``benchmarks/results/peers_<system>.md``/.json
-and ``peers_<system>_{rll_vs_time,calibration,convergence}.png``.
+Every run keeps its best validation epoch (``MONITOR``). Everything is scored with
+``common.score`` (α from validation, metrics on test), next to our ``force-nll-scratch``,
+``two-step-llpr`` and ``llpr`` rows; each package's ASE calculator (energy + forces + σ_E,
+and with member forces) and Langevin MD are timed once, on the first test frame, with our
+two-step model and each peer's converged model. One thread per process. The peers' runs go to
+``OUT/peers/<system>/`` (a fresh ``run.py`` leaves them). Writes
+``benchmarks/results/peers_<system>.md``/.json and
+``peers_<system>_{rll_vs_time,calibration,convergence}.png``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -71,6 +74,9 @@ TRAINED = {"force-nll-scratch": "force-nll-scratch", "two-step-llpr": "two-step-
 """The run whose training log and CPU time count as each of our protocols' own."""
 STAGE_1 = {"two-step-llpr": "mse"}
 """The trained stage a protocol stands on (its epochs are shown before the ``+``)."""
+MONITOR = {"apax": "validation loss (E + F NLL)",
+           "metatrain": "validation RMSE_E × RMSE_F (rmse_prod)"}
+"""What each peer's trainer keeps its best epoch by (:func:`validation_curve`)."""
 TITLES = {"apax": "apax GMNN shallow ensemble, E + F NLL",
           "metatrain": "metatrain SOAP-BPNN + LLPR"}
 COLUMNS = (
@@ -125,16 +131,27 @@ def timings(python: Path, script: str, model: Path, structure: Path, steps: int,
                                    str(steps))["steps_per_s"]}
 
 
+def peer_data(system: System, data: dict[str, Path]) -> dict[str, Path]:
+    """Copies of the split's files beside the peers' runs (``OUT/peers/<system>/data``), so
+    that a fresh ``run.py`` (which removes ``OUT/<system>``) cannot pull them away mid-run."""
+    folder = OUT / "peers" / system.name / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in data.values():
+        if not (folder / path.name).exists():
+            shutil.copy(path, folder / path.name)
+    return {key: folder / path.name for key, path in data.items()}
+
+
 def run_peer(peer: str, system: System, data: dict, epochs: int, name: str = "",
              patience: int | None = None) -> Path:
     """Train ``peer`` for at most ``epochs`` on the system's split unless done (``patience``:
     stop after that many epochs without a lower validation loss); returns its output folder
-    (``OUT/<name or system>/peer-<peer>-<epochs>ep[-patience<n>]``)."""
-    suffix = f"-{epochs}ep" + (f"-patience{patience}" if patience else "")
-    folder = OUT / (name or system.name) / f"peer-{peer}{suffix}"
+    (``OUT/peers/<name or system>/<peer>-<epochs>ep[-patience<n>]``)."""
+    run = f"{peer}-{epochs}ep" + (f"-patience{patience}" if patience else "")
+    folder = OUT / "peers" / (name or system.name) / run
     if not (folder / "pred_test.npz").exists():
         stop = ["--patience", str(patience)] if patience else []
-        print(f"training {peer}: {epochs} epochs{suffix.split('ep', 1)[1]}", flush=True)
+        print(f"training {run}", flush=True)
         call(peer_python(peer), f"{peer}_peer.py", "train", "--train", str(data["train"]),
              "--validation", str(data["validation"]), "--test", str(data["test"]),
              "--out", str(folder), "--epochs", str(epochs), "--members", "8",
@@ -177,18 +194,17 @@ def train_peer(peer: str, system: System, data: dict, target_s: float) -> dict[s
 
 
 def validation_curve(peer: str, folder: Path) -> list[float]:
-    """The peer's validation loss per epoch, from its own training log (apax: ``val_loss``
-    of ``log.csv``; metatrain: the SOAP-BPNN stage's ``validation loss``)."""
+    """Per epoch, the validation quantity by which the peer keeps its best epoch (``MONITOR``):
+    apax's ``val_loss`` (``log.csv``), metatrain's product of the validation RMSEs
+    (``rmse_prod``, from the SOAP-BPNN stage's ``train.csv``)."""
     if peer == "apax":
-        log = folder / "models" / "apax" / "log.csv"
-        key = "val_loss"
-    else:
-        log = sorted(folder.glob("soap_bpnn/outputs/*/*/train.csv"))[-1]
-        key = "validation loss"
+        with open(folder / "models" / "apax" / "log.csv") as handle:
+            return [float(row["val_loss"]) for row in csv.DictReader(handle)]
+    log = sorted(folder.glob("soap_bpnn/outputs/*/*/train.csv"))[-1]
     with open(log) as handle:
-        rows = [r for r in csv.DictReader(handle)
-                if r.get(key, "").strip() not in ("", key) and r[key][0] != "("]
-    return [float(r[key]) for r in rows]
+        rows = list(csv.DictReader(handle))[1:]  # the first row holds the units
+    keys = [k for k in rows[0] if k.startswith("validation") and "RMSE" in k]
+    return [float(np.prod([float(row[k]) for k in keys])) for row in rows]
 
 
 def peer_rows(peer: str, runs: dict[str, dict], data: dict,
@@ -206,6 +222,7 @@ def peer_rows(peer: str, runs: dict[str, dict], data: dict,
         rows[name] = {**score(validation, tests[name]), **times, "kind": kind, "peer": peer,
                       "time_s": info["time_s"], "epochs": info["epochs"],
                       "epochs_text": str(info["epochs"]), "version": info.get("version"),
+                      "max_epochs": info.get("max_epochs", info["epochs"]),
                       "s_per_epoch": info["time_s"] / info["epochs"],
                       "best_epoch": 1 + int(np.argmin(curve)), "folder": info["folder"]}
     return rows, tests
@@ -268,31 +285,39 @@ def budget_lines(system: System, peers: dict[str, dict], target_s: float) -> lis
     for name, row in peers.items():
         if row["kind"] == "equal CPU":
             lines.append(f"- {name}: {row['epochs']} epochs, {row['time_s']:.0f} CPU s "
-                         f"({100 * (row['time_s'] / target_s - 1):+.0f} % of ours), best "
-                         f"validation loss at epoch {row['best_epoch']}.")
+                         f"({100 * (row['time_s'] / target_s - 1):+.0f} % vs ours), best "
+                         f"{MONITOR[row['peer']]} at epoch {row['best_epoch']}.")
             continue
         stop = (f"early stopping after {system.patience} epochs without a lower validation "
                 "loss" if row["peer"] in EARLY_STOPPING else
                 "no early stopping in metatrain (fixed epochs, cosine schedule to zero)")
-        lines.append(f"- {name}: {row['epochs']} epochs ({stop}), {row['time_s']:.0f} CPU s, "
-                     f"best validation loss at epoch {row['best_epoch']}.")
+        lines.append(f"- {name}: {row['epochs']} of at most {row['max_epochs']} epochs ({stop}), "
+                     f"{row['time_s']:.0f} CPU s, "
+                     f"best {MONITOR[row['peer']]} at epoch {row['best_epoch']}.")
     return lines
 
 
 def convergence_figure(system: System, peers: dict[str, dict]) -> Path:
-    """The peers' validation loss per epoch (relative to its minimum), every run."""
+    """Each peer's monitored validation quantity per epoch (``MONITOR``), both runs, one
+    panel per peer; the first epochs' transient is cut off."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, (name, row) in enumerate(peers.items()):
-        curve = np.asarray(validation_curve(row["peer"], Path(row["folder"])))
-        ax.plot(np.arange(1, len(curve) + 1), curve / curve.min(), color=f"C{i}", label=name)
-    ax.set(yscale="log", xlabel="epoch", ylabel="validation loss / its minimum",
-           title=f"{system.name}: the peers' validation loss")
-    ax.legend(fontsize=7)
+    names = sorted({row["peer"] for row in peers.values()})
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.2), squeeze=False)
+    for ax, peer in zip(axes[0], names, strict=True):
+        tops, bottoms = [], []
+        for row in (row for row in peers.values() if row["peer"] == peer):
+            curve = np.asarray(validation_curve(peer, Path(row["folder"])))
+            ax.plot(np.arange(1, len(curve) + 1), curve, label=row["kind"])
+            tops.append(np.quantile(curve, 0.9))
+            bottoms.append(curve.min())
+        pad = 0.05 * (max(tops) - min(bottoms))
+        ax.set(xlabel="epoch", ylabel=MONITOR[peer], title=f"{system.name}: {peer}",
+               ylim=(min(bottoms) - pad, max(tops) + pad))
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = RESULTS / f"peers_{system.name}_convergence.png"
     fig.savefig(path, dpi=130)
@@ -318,8 +343,9 @@ def report(system: System, rows: dict[str, dict], peers: dict[str, dict],
         f"and **converged** (a budget of {CONVERGED_CPU_S:.0f} CPU s turned into epochs the same "
         "way). Training time: CPU seconds of the training process(es) (one thread; setup and "
         "JIT compilation included; metatrain: both `mtt train` processes, SOAP-BPNN and LLPR; "
-        "our two-step and LLPR rows include their stage 1). Every run keeps its epoch with the "
-        "best validation loss. Calculator timings: 1 thread per process, median ms per ASE call "
+        "our two-step and LLPR rows include their stage 1). Every run keeps its best validation "
+        "epoch (ours: validation loss; apax: validation loss; metatrain: product of the "
+        "validation RMSEs). Calculator timings: 1 thread per process, median ms per ASE call "
         "on the first test frame (new positions each call), Langevin MD at 300 K with σ_E every "
         "step; measured once per package, with our two-step model and each peer's converged "
         "model, and shown on every row of that package (same architecture).",
@@ -345,18 +371,16 @@ def main() -> None:
     parser.add_argument("system", choices=sorted(SYSTEMS))
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
     parser.add_argument("--md-steps", type=int, default=50)
-    parser.add_argument("--train-only", action="store_true",
-                        help="train the peers' runs and stop (before run.py has finished)")
     args = parser.parse_args()
     system = SYSTEMS[args.system]
-    data = prepare_data(system)
+    data = peer_data(system, prepare_data(system))
+    for peer in args.peers:  # what does not depend on our CPU time first
+        probes_and_converged(peer, system, data)
     target_s = load_json(OUT / system.name / "times.json").get("force-nll-scratch", {})
     if not target_s:
         sys.exit(f"run `python benchmarks/reproduce/run.py {system.name}` first")
     target_s = target_s["cpu_s"]
     runs = {peer: train_peer(peer, system, data, target_s) for peer in args.peers}
-    if args.train_only:
-        return
     rows, tests = our_rows(system, args.md_steps)
     peers = {}
     for peer, peer_runs in runs.items():
