@@ -57,7 +57,8 @@ def main() -> None:
         f"# {system.name}: fine-tune grid from one LLPR start", "",
         "Each row fine-tunes `run.py`'s `llpr` model (MSE stage 1 + last-layer Laplace heads) "
         "with energy + force NLL, cosine schedule over at most 30 epochs, early stopping on the "
-        "validation force NLL (patience 5). α on validation, metrics on test, CPU s of the fine-tune alone.", "",
+        "validation force NLL (patience 5). α on validation, metrics on test, CPU s of the "
+        "fine-tune alone.", "",
         markdown_table(rows, COLUMNS), "",
         f"Command: `python benchmarks/reproduce/defaults.py {system.name}`", ""])
     (RESULTS / f"{system.name}_fine_tune_grid.md").write_text(text)
