@@ -49,7 +49,8 @@ def card(system: System, name: str, size: int) -> str:
         f"patience {system.patience}), heads sampled from the last-layer Laplace posterior, then "
         f"the package's fine-tune of all parameters with energy + force NLL "
         f"({epochs_trained(system, 'two-step-llpr')} epochs, lr 5e-4, early stopping on the "
-        f"validation force NLL); batch {system.batch_size}, lr {system.learning_rate} |",
+        f"validation force NLL); batch {system.batch_size}, peak lr {system.learning_rate}, "
+        "halved after 5 epochs without validation improvement |",
         f"| budget | {row['time_s']:.0f} CPU s of training (1 torch thread), stage 1 included |",
         f"| calibration | {cal} |",
         f"| valid for | {VALID_FOR[system.name]} |",
