@@ -27,6 +27,10 @@ def test_offset_share_is_the_variance_share_of_a_constant_per_member():
     expected = np.sum((offsets - offsets.mean()) ** 2) / (
         np.sum((offsets - offsets.mean()) ** 2) + 4 * (1 - 1 / 4))
     assert offset_share(mixed) == pytest.approx(expected, abs=0.03)
+    # per atom: an offset proportional to the size of each frame is still an offset
+    sizes = rng.integers(4, 64, size=500)
+    assert offset_share(sizes[:, None] * offsets[None, :], sizes) == pytest.approx(1.0)
+    assert offset_share(sizes[:, None] * offsets[None, :]) < 0.95
 
 
 def test_centring_moves_only_the_spread_and_removes_the_offset(ethanol_frames):

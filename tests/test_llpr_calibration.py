@@ -136,6 +136,7 @@ def test_evaluate_uses_the_per_element_force_factors(ethanol_frames, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["alpha"]["forces_H"] == pytest.approx(1.6)
     deviations = raw["energy_ensemble"] - raw["energy_ensemble"].mean(1, keepdims=True)
+    deviations = deviations / raw["n_atoms"][:, None]
     share = len(deviations) * np.sum(deviations.mean(0) ** 2) / np.sum(deviations**2)
     assert saved["energy_offset_share"] == pytest.approx(share, rel=1e-9)
     assert "Energy offset share" in (tmp_path / "report.md").read_text()

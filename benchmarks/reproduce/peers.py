@@ -51,6 +51,7 @@ from common import (
     markdown_table,
     prepare_data,
     score,
+    unfitted,
 )
 
 PEERS_DIR = ROOT / "benchmarks" / "peers"
@@ -88,9 +89,12 @@ COLUMNS = (
     ("ms/call E+F+σ_E", "ms_call", ".1f"), ("ms/call + member F", "ms_call_members", ".1f"),
     ("MD steps/s", "md_steps_per_s", ".1f"),
 )
-METRICS = (("RMSE_E", "rmse_e_meV_atom", min, ".2f"), ("RMSE_F", "rmse_f_meV_A", min, ".1f"),
-           ("RLL_E cal", "rll_e_cal", max, ".1f"), ("RLL_F cal", "rll_f_cal", max, ".1f"))
-"""(name, row key, which is better, format) of the metrics the verdict compares."""
+METRICS = (("RMSE_E", "rmse_e_meV_atom", min, ".2f", False),
+           ("RMSE_F", "rmse_f_meV_A", min, ".1f", False),
+           ("RLL_E cal", "rll_e_cal", max, ".1f", True),
+           ("RLL_F cal", "rll_f_cal", max, ".1f", True))
+"""(name, row key, which is better, format, whether it judges the uncertainty) of the metrics
+the verdict compares; an uncertainty metric only counts for models that fit the data."""
 
 
 def peer_python(peer: str) -> Path:
@@ -255,28 +259,38 @@ def our_rows(system: System, steps: int) -> tuple[dict[str, dict], dict[str, dic
     return rows, tests
 
 
-def ahead(title: str, rows: dict[str, dict], ours: set[str]) -> str:
-    """One Markdown sentence: the best of ``rows`` on each metric of ``METRICS``, and on how
-    many of them one of ``ours`` is ahead."""
-    best = {label: better(rows, key=lambda name, key=key: rows[name][key])
-            for label, key, better, _ in METRICS}
-    mine = [label for label, name in best.items() if name in ours]
-    return (f"**{title}** best per metric: "
-            + "; ".join(f"{label}: {name}" for label, name in best.items())
-            + f". This project is ahead on {len(mine)} of {len(best)} metrics"
-            + (f" ({', '.join(mine)})." if mine else "."))
+def ahead(title: str, rows: dict[str, dict], ours: set[str], reference: dict) -> str:
+    """One Markdown sentence: the best of ``rows`` on each metric of ``METRICS`` (its value,
+    then the others'), and on how many of them one of ``ours`` is ahead. Rows that did not fit
+    the data (``common.unfitted`` against our MSE model's row ``reference``) are left out of
+    the uncertainty metrics."""
+    bad = unfitted({"mse": reference, **rows})
+    parts, mine = [], []
+    for label, key, better, fmt, uncertainty in METRICS:
+        names = [n for n in rows if not (uncertainty and n in bad)]
+        best = better(names, key=lambda name, key=key: rows[name][key])
+        others = ", ".join(f"{rows[n][key]:{fmt}}" for n in names if n != best)
+        parts.append(f"{label}: {best} ({rows[best][key]:{fmt}}; others {others})")
+        mine += [label] if best in ours else []
+    skipped = (f" Left out of RLL: {', '.join(bad)}, which did not fit the data "
+               f"({'; '.join(bad.values())})." if bad else "")
+    return (f"**{title}** best per metric: " + "; ".join(parts)
+            + f". This project is ahead on {len(mine)} of {len(METRICS)} metrics"
+            + (f" ({', '.join(mine)})." if mine else ".") + skipped)
 
 
-def verdict(ours: dict[str, dict], peers: dict[str, dict], target_s: float) -> list[str]:
+def verdict(system: System, ours: dict[str, dict], peers: dict[str, dict],
+            target_s: float) -> list[str]:
     """Markdown sentences: who is ahead at equal CPU time and when converged."""
+    reference = load_json(RESULTS / f"{system.name}.json")["mse"]
     scratch = OURS["force-nll-scratch"]
     equal = {scratch: ours[scratch],
              **{n: r for n, r in peers.items() if r["kind"] == "equal CPU"}}
     converged = {**ours, **{n: r for n, r in peers.items() if r["kind"] == "converged"}}
     return [ahead(f"At equal CPU time ({target_s:.0f} CPU s: our force NLL from scratch and "
-                  "each peer's equal-CPU run)", equal, {scratch}), "",
+                  "each peer's equal-CPU run)", equal, {scratch}, reference), "",
             ahead("Converged (our three rows and each peer's converged run)", converged,
-                  set(ours)), ""]
+                  set(ours), reference), ""]
 
 
 def budget_lines(system: System, peers: dict[str, dict], target_s: float) -> list[str]:
@@ -290,7 +304,7 @@ def budget_lines(system: System, peers: dict[str, dict], target_s: float) -> lis
             continue
         stop = (f"early stopping after {system.patience} epochs without a lower validation "
                 "loss" if row["peer"] in EARLY_STOPPING else
-                "no early stopping in metatrain (fixed epochs, cosine schedule to zero)")
+                "metatrain cannot stop early: fixed epochs, cosine schedule to zero")
         lines.append(f"- {name}: {row['epochs']} of at most {row['max_epochs']} epochs ({stop}), "
                      f"{row['time_s']:.0f} CPU s, "
                      f"best {MONITOR[row['peer']]} at epoch {row['best_epoch']}.")
@@ -352,7 +366,8 @@ def report(system: System, rows: dict[str, dict], peers: dict[str, dict],
         "",
         markdown_table(rows, COLUMNS),
         "",
-        *verdict({n: r for n, r in rows.items() if n not in peers}, peers, target_s),
+        *verdict(system, {n: r for n, r in rows.items() if n not in peers}, peers,
+                 target_s),
         "Peer runs:",
         "",
         *budget_lines(system, peers, target_s),

@@ -50,7 +50,7 @@ def compute_metrics(pred: dict[str, np.ndarray], alpha_e: float = 1.0, alpha_f: 
     (σ_E carries information only where it is well below 1).
     """
     result = {"alpha": {"energy": alpha_e, "forces": alpha_f},
-              "energy_offset_share": offset_share(pred["energy_ensemble"])}
+              "energy_offset_share": offset_share(pred["energy_ensemble"], pred["n_atoms"])}
     sets = {"calibrated": quantities(calibrated) if calibrated is not None
             else quantities(pred, alpha_e, alpha_f), "raw": quantities(pred)}
     for label, values in sets.items():

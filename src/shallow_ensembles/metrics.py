@@ -105,16 +105,19 @@ def ence(residual, sigma, n_bins: int = 10) -> float:
     return float(np.mean(values))
 
 
-def offset_share(energy_ensemble) -> float:
-    """Share of the member-energy variance that is one constant per member across frames.
+def offset_share(energy_ensemble, n_atoms=None) -> float:
+    """Share of the member-energy variance that is one constant per atom and member.
 
-    ``energy_ensemble`` (S, M), eV. With D_km = E_km − Ē_k and c_m = mean_k D_km, returns
-    S Σ_m c_m² / Σ_km D_km², in [0, 1]: near 1, σ_E is a frame-independent offset (it ranks
-    nothing); near 0, the spread changes with the structure. Meaningful over frames of one
-    composition (an offset proportional to the composition is not constant otherwise).
+    ``energy_ensemble`` (S, M), eV; ``n_atoms`` (S,) (None: all equal). With
+    D_km = (E_km − Ē_k) / N_k and c_m = mean_k D_km, returns S Σ_m c_m² / Σ_km D_km², in [0, 1]:
+    near 1, σ_E is a frame-independent offset per atom (a per-member bias, say) and ranks
+    nothing; near 0, the spread changes with the structure. Per atom, so that frames of
+    different sizes compare; for frames of one size it is the same as on totals.
     """
     ensemble = np.asarray(energy_ensemble, dtype=float)
     deviations = ensemble - ensemble.mean(axis=1, keepdims=True)
+    if n_atoms is not None:
+        deviations = deviations / np.asarray(n_atoms, dtype=float)[:, None]
     total = float(np.sum(deviations**2))
     if total == 0.0:
         return float("nan")

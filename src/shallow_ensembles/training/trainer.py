@@ -129,7 +129,8 @@ class Trainer:
 
     def _parameters(self, stage: StageConfig) -> list[nn.Parameter]:
         for name, p in self.model.named_parameters():
-            p.requires_grad_(stage.trainable == "all" or name.startswith(("head.", "scale", "shift")))
+            last_layer = name.startswith(("head.", "scale", "shift"))
+            p.requires_grad_(stage.trainable == "all" or last_layer)
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def validate(self, kind: str, loss_cfg: LossConfig) -> dict[str, float]:
