@@ -272,8 +272,10 @@ def ahead(title: str, rows: dict[str, dict], ours: set[str], reference: dict) ->
         others = ", ".join(f"{rows[n][key]:{fmt}}" for n in names if n != best)
         parts.append(f"{label}: {best} ({rows[best][key]:{fmt}}; others {others})")
         mine += [label] if best in ours else []
-    skipped = (f" Left out of RLL: {', '.join(bad)}, which did not fit the data "
-               f"({'; '.join(bad.values())})." if bad else "")
+    skipped = (f" Left out of the RLL metrics: {', '.join(bad)}, which did not fit the data "
+               "(test RMSE above 10× in energy or 2× in forces that of our MSE model: "
+               f"{reference['rmse_e_meV_atom']:.2f} meV/atom, {reference['rmse_f_meV_A']:.1f} "
+               "meV/Å)." if bad else "")
     return (f"**{title}** best per metric: " + "; ".join(parts)
             + f". This project is ahead on {len(mine)} of {len(METRICS)} metrics"
             + (f" ({', '.join(mine)})." if mine else ".") + skipped)

@@ -1,10 +1,12 @@
 """Copy a system's two-step model from ``run.py`` into ``models/`` with its model card.
 
-    python benchmarks/reproduce/ship.py batio3 ethanol
+    python benchmarks/reproduce/ship.py water ethanol
+    python benchmarks/reproduce/ship.py batio3 --protocol two-step-energy-nll
 
-Writes ``models/<system>_two_step.pt`` (the calibrated ``two-step-llpr`` model: α_E and α_F were
-fitted on the validation frames at the end of training) and ``models/<system>_two_step.md``
-(data, split, protocol, budget, test metrics raw and calibrated, α, valid elements).
+Writes ``models/<system>_two_step.pt`` (the calibrated ``two-step-llpr`` model, or the
+``--protocol`` given: α_E and α_F were fitted on the validation frames at the end of training)
+and ``models/<system>_two_step.md`` (data, split, protocol, budget, test metrics raw and
+calibrated, α, valid elements).
 """
 
 from __future__ import annotations
@@ -28,11 +30,17 @@ VALID_FOR = {
 MAX_BYTES = 5_000_000
 
 
-def card(system: System, name: str, size: int) -> str:
+STAGE_ONE = {"two-step-llpr": "MSE ({mse} epochs, patience {patience}), heads sampled from the "
+                              "last-layer Laplace posterior",
+             "two-step-energy-nll": "energy NLL + mean-force MSE ({enll} epochs, patience "
+                                    "{patience})"}
+
+
+def card(system: System, name: str, size: int, protocol: str) -> str:
     """Markdown model card from the results of ``run.py``."""
     from shallow_ensembles import load_model
 
-    row = load_json(RESULTS / f"{system.name}.json")["two-step-llpr"]
+    row = load_json(RESULTS / f"{system.name}.json")[protocol]
     model = load_model(ROOT / "models" / name)
     cal = (f"α_E = {float(model.alpha_energy):.3g}, α_F = {float(model.alpha_forces):.3g} "
            "(stored in the file; fitted on the validation frames)")
@@ -45,10 +53,11 @@ def card(system: System, name: str, size: int) -> str:
         f"| architecture | built-in power-spectrum backbone, cutoff {model.cutoff:g} Å, "
         f"M = {model.n_members} members, {str(model.dtype).removeprefix('torch.')}; "
         f"{size / 1e3:.0f} kB |",
-        f"| protocol | `two-step-llpr`: MSE ({epochs_trained(system, 'mse')} epochs, "
-        f"patience {system.patience}), heads sampled from the last-layer Laplace posterior, then "
-        f"the package's fine-tune of all parameters with energy + force NLL "
-        f"({epochs_trained(system, 'two-step-llpr')} epochs, lr 5e-4, early stopping on the "
+        f"| protocol | `{protocol}`: " + STAGE_ONE[protocol].format(
+            mse=epochs_trained(system, "mse"), enll=epochs_trained(system, "energy-nll"),
+            patience=system.patience) + ", then the package's fine-tune of all parameters with "
+        f"energy + force NLL ({epochs_trained(system, protocol)} epochs, lr 5e-4, early "
+        "stopping on the "
         f"validation force NLL); batch {system.batch_size}, peak lr {system.learning_rate}, "
         "halved after 5 epochs without validation improvement |",
         f"| budget | {row['time_s']:.0f} CPU s of training (1 torch thread), stage 1 included |",
@@ -69,7 +78,8 @@ def card(system: System, name: str, size: int) -> str:
         f"ρ(|error_E|, σ_E) {row['spearman_e']:.2f}.",
     ]
     return "\n".join([
-        f"# `{name}` — {system.title}, two-step LLPR shallow ensemble", "", *table, "",
+        f"# `{name}` — {system.title}, two-step shallow ensemble (`{protocol}`)", "", *table,
+        "",
         f"Test metrics ({system.n_test} frames; σ with ddof = 1; RLL in %, 100 = oracle, 0 = a "
         "constant error bar equal to the RMSE; NLL in eV units per structure / per component):",
         "", *metrics, "",
@@ -81,16 +91,19 @@ def card(system: System, name: str, size: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("systems", nargs="+", choices=sorted(SYSTEMS))
+    parser.add_argument("--protocol", choices=sorted(STAGE_ONE), default="two-step-llpr",
+                        help="which two-step model to ship")
     args = parser.parse_args()
     for name in args.systems:
         system = SYSTEMS[name]
-        source = OUT / name / "two-step-llpr" / "model.pt"
+        source = OUT / name / args.protocol / "model.pt"
         size = source.stat().st_size
         if size > MAX_BYTES:
             raise SystemExit(f"{source} is {size / 1e6:.1f} MB, over the 5 MB limit of models/")
         target = f"{name}_two_step.pt"
         shutil.copyfile(source, ROOT / "models" / target)
-        (ROOT / "models" / f"{name}_two_step.md").write_text(card(system, target, size))
+        (ROOT / "models" / f"{name}_two_step.md").write_text(
+            card(system, target, size, args.protocol))
         print(f"models/{target} ({size / 1e3:.0f} kB) and models/{name}_two_step.md written")
 
 
