@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_model
+from conftest import ETHANOL, tiny_model
 from shallow_ensembles import load_model
 from shallow_ensembles.calibration import predict_dataset
 from shallow_ensembles.cli import main
@@ -116,3 +116,29 @@ def test_float32_network_sums_energies_in_float64():
     members = large["energy_ensemble"][0].detach().numpy()
     assert float(large["energy_uncertainty"][0].detach()) == pytest.approx(np.std(members, ddof=1),
                                                                   rel=1e-9)
+
+
+def test_shared_shift_is_solved_at_the_energy_optimum(ethanol_frames):
+    """The closed-form shift puts the energy terms at their optimum in β (a second call moves
+    nothing), and undoes a known displacement of β from that optimum."""
+    from shallow_ensembles.config import LossConfig
+    from shallow_ensembles.training.init import solve_shared_shift
+
+    model = tiny_model(frames=ethanol_frames[:5])
+    with torch.no_grad():
+        model.scale.copy_(torch.tensor([0.7, 1.3, 0.9], dtype=model.dtype))
+    graphs = graphs_from_atoms(read_structures(ETHANOL)[:24], model.cutoff)
+    loss = LossConfig()
+    batch = Batch.from_atoms(ethanol_frames[:24], model.cutoff)
+
+    def energies():
+        return model.predict(batch, forces=False)["energy"].detach()
+
+    solve_shared_shift(model, graphs, loss)
+    optimum = energies()
+    assert solve_shared_shift(model, graphs, loss).abs().max() < 1e-8
+    with torch.no_grad():
+        model.shift += torch.tensor([0.01, 0.02, 0.005], dtype=model.dtype)
+    assert (energies() - optimum).abs().min() > 0.05
+    solve_shared_shift(model, graphs, loss)  # one composition: only Σ_Z n_Z s_Z β_Z is fixed
+    torch.testing.assert_close(energies(), optimum, rtol=0, atol=1e-8)
