@@ -19,7 +19,7 @@ import ase.io
 import numpy as np
 import torch
 from ase import units
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from shallow_ensembles import ShallowEnsembleCalculator, load_model
@@ -32,7 +32,7 @@ def run(model, steps: int, dt_fs: float) -> dict[str, float]:
     """Drift (eV/atom/ps) and noise (eV/atom) of E_tot over ``steps`` NVE steps."""
     atoms = ase.io.read(WATER, 0)
     atoms.calc = ShallowEnsembleCalculator(model)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, dt_fs * units.fs)
     total = []
     dyn.attach(lambda: total.append(atoms.get_total_energy() / len(atoms)), interval=1)
