@@ -1,9 +1,10 @@
-"""Head initialisation for stage 1 of a protocol, and the feature centring every stage starts
-from. Method notes, "Head initialisation".
+"""Head initialisation for stage 1 of a protocol, and the closed-form steps on the shared last
+layer that stages start and end with. Method notes, "Head initialisation".
 
-Members share everything but their head weights w_m (M, d): every function here edits
-``model.head.weight`` in place (LLPR and subsampling read the shared shift β_Z, never change it)
-and is deterministic for a given generator.
+Members share everything but their head weights w_m (M, d): the initialisations edit
+``model.head.weight`` in place and are deterministic for a given generator;
+:func:`centre_features` moves the feature centre (the mean prediction is unchanged) and
+:func:`solve_shared_shift` is the one function that moves the shared shift β_Z.
 """
 
 from __future__ import annotations
