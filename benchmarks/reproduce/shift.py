@@ -77,26 +77,20 @@ def stages(kind: str, system: System) -> list[dict]:
 def llpr_variances(model, train_graphs, val_graphs, graphs) -> tuple[np.ndarray, np.ndarray]:
     """LLPR variances (α = 1) of total energies (S,) and force components (N·3,) of ``graphs``.
 
-    C = ΦᵀΦ + ςI from loss-weighted energy rows of the training frames (``init.llpr_heads``);
+    C = ΦᵀΦ + ςI from loss-weighted energy rows of the training frames (``init.llpr_rows``);
     ς chosen by ``fit_posterior`` on the validation frames. Energies: N² xᵀC⁻¹x (x per atom);
     forces: jᵀC⁻¹j with j = ∂G/∂R_iα.
     """
-    from shallow_ensembles.data import collate
-    from shallow_ensembles.training.init import linear_targets
+    from shallow_ensembles.training.init import feature_jacobian, linear_targets, llpr_rows
     from shallow_ensembles.training.llpr import fit_posterior
 
-    x_train, _, n_train = linear_targets(model, train_graphs)
-    rows = x_train * (n_train / len(train_graphs)).sqrt()[:, None].to(x_train)
     x_val, y_val, _ = linear_targets(model, val_graphs)
-    post = fit_posterior(rows, x_val, y_val - x_val @ model.head.weight.detach().mean(0))
+    post = fit_posterior(llpr_rows(model, train_graphs), x_val,
+                         y_val - x_val @ model.head.weight.detach().mean(0))
     post.alpha = 1.0
     x, _, n = linear_targets(model, graphs)
     energy = (post.variance(x) * n.to(x) ** 2).double().numpy()
-    forces = []
-    basis = torch.eye(model.n_last, dtype=model.dtype)
-    for g in graphs:
-        d_pos, _ = model.explicit_row_gradients(collate([g], dtype=model.dtype), basis)
-        forces.append(post.variance(d_pos.detach().reshape(model.n_last, -1).T).double().numpy())
+    forces = [post.variance(feature_jacobian(model, g)).double().numpy() for g in graphs]
     return energy, np.concatenate(forces)
 
 
@@ -107,11 +101,13 @@ def nll(r, var) -> float:
 
 def fit_recalibrations(r, sigma, v) -> dict:
     """Parameters of the three recalibrations fitted on validation residuals (by NLL)."""
-    alpha = float(np.sqrt(np.mean((r / np.maximum(sigma, 1e-12)) ** 2)))
+    from shallow_ensembles.metrics import nll_scale
+
+    alpha = nll_scale(r, np.maximum(sigma, 1e-12))
     power = None
     for b in np.linspace(0.2, 2.0, 37):
         s = np.maximum(sigma, 1e-12) ** b
-        a = float(np.sqrt(np.mean((r / s) ** 2)))
+        a = nll_scale(r, s)
         value = nll(r, (a * s) ** 2)
         if power is None or value < power[0]:
             power = (value, a, float(b))

@@ -20,6 +20,7 @@ import torch
 from . import conventions as K
 from .data.batch import Graph, collate
 from .errors import ConfigError
+from .metrics import nll_scale
 from .model import ShallowEnsemble
 
 
@@ -80,9 +81,9 @@ def _dataset_row(out: dict, batch, member_forces: bool) -> dict:
 
 def scale_factor(residual: np.ndarray, sigma: np.ndarray, method: str = "nll") -> float:
     """α for residuals and σ (flat arrays of one quantity); see the module docstring."""
-    residual, sigma = np.ravel(residual), np.maximum(np.ravel(sigma), 1e-300)
     if method == "nll":
-        return float(np.sqrt(np.mean((residual / sigma) ** 2)))
+        return nll_scale(residual, sigma)
+    residual, sigma = np.ravel(residual), np.maximum(np.ravel(sigma), 1e-300)
     if method == "mae":
         return float(np.mean(np.abs(residual) / sigma) / math.sqrt(2 / math.pi))
     raise ValueError(f"calibration method must be 'nll' or 'mae', got {method!r}")

@@ -49,6 +49,12 @@ def rll(residual, sigma) -> float:
     return float(100 * (gaussian_nll(residual, np.square(sigma)) - reference) / (best - reference))
 
 
+def nll_scale(residual, sigma) -> float:
+    """The α minimising the Gaussian NLL of ``residual`` under σ → α σ: sqrt(mean (r/σ)²)."""
+    residual, sigma = np.ravel(residual), np.maximum(np.ravel(sigma), _TINY)
+    return float(np.sqrt(np.mean((residual / sigma) ** 2)))
+
+
 def coverage(residual, sigma, k: float) -> float:
     """Fraction of |r| ≤ k σ (a Gaussian gives 0.683 for k=1, 0.954 for k=2)."""
     return float(np.mean(np.abs(residual) <= k * np.asarray(sigma)))

@@ -305,7 +305,7 @@ class ShallowEnsemble(nn.Module):
         per_atom = self.composition[z].double() + (self.scale[z] * self.shift[z]).double()
         return per_atom.new_zeros(batch.n_structures).index_add(0, batch.structure, per_atom)
 
-    def species_feature_means(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def species_feature_sums(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-species sums of the features g_i (n_species, d) and atom counts (n_species,)."""
         features = self.last_layer_features(batch)
         z = self.species_index[batch.numbers]

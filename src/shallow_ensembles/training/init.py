@@ -50,7 +50,7 @@ def centre_features(model: ShallowEnsemble, graphs: Sequence[Graph], batch_size:
     for start in range(0, len(graphs), batch_size):
         batch = collate(graphs[start:start + batch_size], dtype=model.dtype).to(
             model.feature_centre.device)
-        s, c = model.species_feature_means(batch)
+        s, c = model.species_feature_sums(batch)
         sums, counts = (s, c) if sums is None else (sums + s, counts + c)
     model.train(was_training)
     if sums is None:
@@ -101,26 +101,32 @@ def llpr_heads(model: ShallowEnsemble, train: Sequence[Graph], validation: Seque
     Jacobian from :meth:`ShallowEnsemble.explicit_row_gradients`). Only their relative weight
     matters: ς and α are chosen on validation.
     """
-    loss = loss or LossConfig()
     centre_features(model, train)
-    weights = head_weights(model)
-    w_map = weights.mean(0)
-    x_train, _, n_train = linear_targets(model, train)
+    w_map = head_weights(model).mean(0)
     x_val, y_val, _ = linear_targets(model, validation)
+    residual = y_val - x_val @ w_map
+    post = fit_posterior(llpr_rows(model, train, loss, force_rows), x_val, residual, regularizer)
+    set_head_weights(model, post.sample(w_map, model.n_members, generator))
+    return post
+
+
+def llpr_rows(model: ShallowEnsemble, train: Sequence[Graph], loss: LossConfig | None = None,
+              force_rows: bool = False) -> torch.Tensor:
+    """Φ of :func:`llpr_heads`: loss-weighted energy rows (S, d) and, with ``force_rows``, the
+    force rows (3 N_atoms, d) below them."""
+    loss = loss or LossConfig()
+    x_train, _, n_train = linear_targets(model, train)
     energy_weight = (loss.energy_weight * n_train ** (2 - loss.atom_exponent) / len(train)).sqrt()
     rows = [x_train * energy_weight[:, None].to(x_train)]
     if force_rows:
         n_components = 3 * float(n_train.sum())
         scale = (loss.forces_weight / n_components) ** 0.5
-        rows += [scale * _force_rows(model, g) for g in train]
-    residual = y_val - x_val @ w_map
-    post = fit_posterior(torch.cat(rows), x_val, residual, regularizer)
-    set_head_weights(model, post.sample(w_map, model.n_members, generator))
-    return post
+        rows += [scale * feature_jacobian(model, g) for g in train]
+    return torch.cat(rows)
 
 
-def _force_rows(model: ShallowEnsemble, graph: Graph) -> torch.Tensor:
-    """Rows ∂G/∂R of one structure, (3N, d)."""
+def feature_jacobian(model: ShallowEnsemble, graph: Graph) -> torch.Tensor:
+    """Rows ∂G/∂R of one structure, (3N, d): one per force component."""
     batch = collate([graph], dtype=model.dtype)
     basis = torch.eye(model.n_last, dtype=model.dtype)
     d_pos, _ = model.explicit_row_gradients(batch, basis)

@@ -27,7 +27,7 @@ from torch import nn
 from ..config import LossConfig, StageConfig, TrainConfig
 from ..data.batch import Graph, collate
 from ..fileio import atomic_path
-from ..metrics import rll
+from ..metrics import nll_scale, rll
 from ..model import ShallowEnsemble
 from .init import centre_features, solve_shared_shift
 from .objectives import rescale_spread, stage_loss
@@ -154,8 +154,7 @@ class Trainer:
         result = {k: v / n for k, v in sums.items()}
         if residuals:
             r, sigma = np.concatenate(residuals), np.maximum(np.concatenate(sigmas), 1e-12)
-            alpha = float(np.sqrt(np.mean((r / sigma) ** 2)))
-            result["rll_f"] = rll(r, alpha * sigma)
+            result["rll_f"] = rll(r, nll_scale(r, sigma) * sigma)
         return result
 
     @property
