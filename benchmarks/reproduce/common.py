@@ -317,6 +317,13 @@ def finding_line(f: dict) -> str:
     return f"**Finding {f['finding']}** ({f['claim']}): {verdict} — {f['detail']}."
 
 
+def write_report(stem: str, text: str, data, results: Path = RESULTS) -> None:
+    """Write ``<stem>.md`` (``text``) and ``<stem>.json`` (``data``) into ``results``."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.md").write_text(text)
+    (results / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
+
+
 def load_json(path: Path) -> dict:
     """The JSON object in ``path``, or {} when it does not exist yet."""
     return json.loads(path.read_text()) if path.exists() else {}

@@ -17,7 +17,7 @@ import itertools
 import json
 
 import torch
-from common import OUT, RESULTS, SYSTEMS, load_predictions, markdown_table, prepare_data, score
+from common import OUT, SYSTEMS, load_predictions, markdown_table, prepare_data, score, write_report
 from run import epochs_trained, predict_run, train_one
 
 GRID = {"learning_rate": (2e-4, 5e-4, 1e-3, 2e-3), "warmup_epochs": (0, 2),
@@ -61,8 +61,7 @@ def main() -> None:
         "fine-tune alone.", "",
         markdown_table(rows, COLUMNS), "",
         f"Command: `python benchmarks/reproduce/defaults.py {system.name}`", ""])
-    (RESULTS / f"{system.name}_fine_tune_grid.md").write_text(text)
-    (RESULTS / f"{system.name}_fine_tune_grid.json").write_text(json.dumps(rows, indent=1))
+    write_report(f"{system.name}_fine_tune_grid", text, rows)
     print(text)
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ase.io import read, write
-from common import OUT, RESULTS, ROOT, SYSTEMS, prepare_data
+from common import OUT, RESULTS, ROOT, SYSTEMS, prepare_data, write_report
 from peers import PEERS, peer_python, run_peer, timings
 
 from shallow_ensembles import __version__
@@ -92,8 +92,7 @@ def main() -> None:
         "Command: `python benchmarks/reproduce/inference.py`",
         ""])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "inference.md").write_text(text)
-    (RESULTS / "inference.json").write_text(json.dumps(records, indent=1))
+    write_report("inference", text, records)
     print(text)
 
 

@@ -52,6 +52,7 @@ from common import (
     prepare_data,
     score,
     unfitted,
+    write_report,
 )
 
 PEERS_DIR = ROOT / "benchmarks" / "peers"
@@ -378,8 +379,7 @@ def report(system: System, rows: dict[str, dict], peers: dict[str, dict],
         "",
         f"Command: `python benchmarks/reproduce/peers.py {system.name}`",
         ""])
-    (RESULTS / f"peers_{system.name}.md").write_text(text)
-    (RESULTS / f"peers_{system.name}.json").write_text(json.dumps(rows, indent=1, default=str))
+    write_report(f"peers_{system.name}", text, rows)
     return text
 
 

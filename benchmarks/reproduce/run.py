@@ -42,6 +42,7 @@ from common import (
     save_predictions,
     score,
     time_to_target,
+    write_report,
 )
 
 FIRST_STAGE = {"llpr": "mse", "llpr-force-rows": "mse", "subsample": "mse",
@@ -283,8 +284,7 @@ def report(system: System, runs: dict, n_committee: int, results: Path = RESULTS
         "",
         "Command: `python benchmarks/reproduce/run.py " + system.name.removesuffix("-smoke") + "`",
         ""])
-    (results / f"{system.name}.md").write_text(text)
-    (results / f"{system.name}.json").write_text(json.dumps(rows, indent=1))
+    write_report(system.name, text, rows, results)
     return text
 
 

@@ -28,7 +28,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from common import OUT, RESULTS, SHARED_DATA, SYSTEMS, System
+from common import OUT, RESULTS, SHARED_DATA, SYSTEMS, System, write_report
 from run import train_one
 
 N_TRAIN_CAP = {"water": 60, "batio3": 30, "carbon": 60, "ethanol": 200}
@@ -207,8 +207,7 @@ def main() -> None:
         "of |r| ≤ kσ (Gaussian: 0.68, 0.95). RLL in %.", "",
         *table(scores), "",
         f"Command: `python benchmarks/reproduce/shift.py {base.name}`", ""])
-    (results / f"{base.name}_shift.md").write_text(text)
-    (results / f"{base.name}_shift.json").write_text(json.dumps(scores, indent=1))
+    write_report(f"{base.name}_shift", text, scores, results)
     print(text)
 
 
