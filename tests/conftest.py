@@ -24,8 +24,10 @@ def tiny_model(species=(1, 6, 8), n_members=4, bottleneck=3, cutoff=4.0, seed=0,
                frames=None) -> ShallowEnsemble:
     """A small random float64 model whose heads differ visibly."""
     torch.manual_seed(seed)
-    config = ModelConfig(cutoff_A=cutoff, n_radial=4, l_max=3, n_channels=3, hidden=(12, 10),
-                         bottleneck=bottleneck, n_members=n_members, dtype="float64")
+    backbone = {"kind": "power-spectrum", "cutoff_A": cutoff, "n_radial": 4, "l_max": 3,
+                "n_channels": 3, "hidden": (12, 10)}
+    config = ModelConfig(backbone=backbone, bottleneck=bottleneck, n_members=n_members,
+                         dtype="float64")
     model = ShallowEnsemble.from_config(config, species)
     if frames is not None:
         model.backbone.fit_density_scale(Batch.from_atoms(frames, model.cutoff))

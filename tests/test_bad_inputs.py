@@ -417,7 +417,7 @@ CASES = [
     ("resume_changed_n_train", ERROR, ConfigError,
      "data.n_train: changed from 28 to 30 since the run in", resume_changed_split),
     ("resume_changed_architecture", ERROR, ConfigError,
-     "model.hidden: changed from (8,) to (16,)", resume_changed_architecture),
+     "model.backbone.hidden: changed from (8,) to (16,)", resume_changed_architecture),
     ("corrupt_checkpoint_on_resume", ERROR, ModelFileError,
      "checkpoint.pt: cannot be read as a checkpoint (UnpicklingError: Unsupported global: "
      "GLOBAL print is not allowed); delete it to train from the start",

@@ -129,8 +129,10 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"stages\[0\].kind: force-nll needs model.n_members"):
         from_dict(TrainConfig, {"data": {"train_file": "x"}, "protocol": "force-nll-scratch",
                                 "model": {"n_members": 1}})
-    with pytest.raises(ConfigError, match="model.l_max: expected 0 to 3"):
-        from_dict(TrainConfig, {"data": {"train_file": "x"}, "model": {"l_max": 5}})
+    bad_backbone = write_config(tmp_path, "bad_backbone", model={"l_max": 5})
+    assert main(["train", str(bad_backbone)]) == 2
+    assert "model.backbone.l_max: expected 0 to 3, got 5" in capsys.readouterr().err
+    assert not (tmp_path / "bad_backbone").exists()  # refused before any work
     assert main(["train", "--print-defaults"]) == 0
     template = capsys.readouterr().out
     assert "batch_size: 4" in template and "# Structures per optimisation step" in template

@@ -25,36 +25,51 @@ from .errors import ConfigError
 T = typing.TypeVar("T")
 
 
+LEGACY_BACKBONE_KEYS = ("cutoff_A", "n_radial", "l_max", "n_channels", "hidden")
+"""Options of the built-in backbone that were once written directly under ``model``; they are
+still read there (as ``model.backbone: {kind: power-spectrum, ...}``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a shallow ensemble with the built-in power-spectrum backbone."""
+    """Architecture of a shallow ensemble: a registered backbone, an optional bottleneck and M
+    linear heads."""
 
-    cutoff_A: float = 5.0
-    """Radial cutoff of the atomic environments, Å."""
-    n_radial: int = 8
-    """Number of radial basis functions (Gaussians times a cosine cutoff)."""
-    l_max: int = 3
-    """Highest angular momentum of the spherical harmonics (0 to 3)."""
-    n_channels: int = 8
-    """Learnable radial channels per angular momentum in the species-mixed density."""
-    hidden: tuple[int, ...] = (128, 128)
-    """Widths of the atom-wise MLP after the power spectrum; its output width is F."""
+    backbone: dict = dataclasses.field(default_factory=lambda: {"kind": "power-spectrum"})
+    """The backbone: ``kind`` (``power-spectrum``, the built-in one, or ``mace``, with
+    ``pip install 'shallow-ensembles[mace]'``) and its options (``shallow-ensembles template``
+    lists them; ``model/registry.py`` has the table)."""
     bottleneck: int | None = 16
-    """Width d of the last-layer features feeding the heads; null feeds the F backbone features."""
+    """Width d of the last-layer features feeding the heads (an atom-wise Linear + SiLU; for
+    ``mace`` it is the hidden layer of MACE's last readout); null feeds the F backbone features."""
     n_members: int = 8
     """Number of ensemble members M (heads); at least 2 for an uncertainty."""
     dtype: Literal["float32", "float64"] = "float32"
     """Floating-point precision of parameters and computations."""
 
     def __post_init__(self):
-        if not 0 <= self.l_max <= 3:
-            raise ConfigError("model.l_max", f"expected 0 to 3, got {self.l_max}")
+        if not isinstance(self.backbone.get("kind", "power-spectrum"), str):
+            raise ConfigError("model.backbone.kind",
+                              f"expected a string, got {self.backbone.get('kind')!r}")
         if self.n_members < 1:
             raise ConfigError("model.n_members", f"expected >= 1, got {self.n_members}")
-        if self.cutoff_A <= 0:
-            raise ConfigError("model.cutoff_A", f"expected > 0, got {self.cutoff_A}")
         if self.bottleneck is not None and self.bottleneck < 1:
             raise ConfigError("model.bottleneck", f"expected >= 1 or null, got {self.bottleneck}")
+
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """Fold the legacy top-level backbone options into ``backbone`` (see
+        :data:`LEGACY_BACKBONE_KEYS`)."""
+        legacy = {k: data[k] for k in LEGACY_BACKBONE_KEYS if k in data}
+        if not legacy:
+            return data
+        backbone = dict(data.get("backbone") or {"kind": "power-spectrum"})
+        if backbone.get("kind", "power-spectrum") != "power-spectrum":
+            raise ConfigError(f"model.{next(iter(legacy))}", "is an option of the "
+                              "power-spectrum backbone; put backbone options under "
+                              "model.backbone")
+        rest = {k: v for k, v in data.items() if k not in legacy}
+        return {**rest, "backbone": {**backbone, **legacy}}
 
 
 STAGE_KINDS = ("mse", "energy-nll", "force-nll", "member-mse", "llpr", "isotropic", "subsample",
@@ -247,8 +262,10 @@ class TrainConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     """Optimiser and run control."""
     init_model: str | None = None
-    """Start from this trained model file (its architecture replaces ``model``): e.g. add an
-    uncertainty to an existing model with ``protocol: llpr``-like custom stages, or fine-tune."""
+    """Start from this trained model: a model file of this package, or a MACE model file written
+    by ``mace_run_train`` (imported with ``model.n_members`` heads; its architecture replaces
+    ``model``). A named protocol then skips its leading MSE stage (e.g. ``two-step-llpr``:
+    LLPR heads, then the force-NLL fine-tune); custom stages run as written."""
     output_dir: str = "runs/train"
     """Folder of the run: checkpoint, log, split, model, plots."""
     calibrate: bool = True
@@ -403,6 +420,8 @@ def _numeric_string(value: str, path: str) -> float:
 
 def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     """Build the dataclass ``cls`` from ``data``; unknown keys and wrong types name their path."""
+    if hasattr(cls, "upgrade"):
+        data = cls.upgrade(data)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

@@ -48,6 +48,10 @@ def cmd_train(args) -> int:
 
     code = config_preamble(args, TrainConfig, "train", required="config")
     if code is not None:
+        if args.print_defaults:
+            from .model.registry import options_template
+
+            print(options_template())
         return code
     config = load_train_config(args.config, args.set)
     log_to_stderr()

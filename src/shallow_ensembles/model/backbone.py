@@ -16,18 +16,22 @@ spherical-harmonic components, ``C`` channels, ``F`` features.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..data.batch import Batch
+from ..errors import ConfigError
+from .registry import register_backbone
 
 
 @runtime_checkable
 class Backbone(Protocol):
-    """What :class:`~shallow_ensembles.model.ShallowEnsemble` needs from a backbone.
+    """What :class:`~shallow_ensembles.model.ShallowEnsemble` needs from a backbone
+    (registered by kind in :mod:`shallow_ensembles.model.registry`).
 
     ============  =============  ======  ============================================
     member        shape          unit    meaning
@@ -35,16 +39,47 @@ class Backbone(Protocol):
     ``cutoff``    ()             Å       neighbour-list cutoff the batches are built with
     ``species``   (Z,)           —       atomic numbers the backbone knows
     ``n_features``  ()           —       F
-    ``forward(batch, edge_vectors)``  (N, F)  —  per-atom features; ``edge_vectors`` (P, 3) Å
-                                                 are differentiable inputs (forces, stress)
+    ``options``   —              —       resolved options (rebuilds it without data)
+    ``forward(batch, edge_vectors)``  (N, F), (N,) or None   features; eV shared energy
     ============  =============  ======  ============================================
+
+    ``forward`` returns the per-atom features and a per-atom energy that every member shares
+    (``None`` when there is none); ``edge_vectors`` (P, 3) Å, r_j − r_i + shift for the pair
+    (centre i, neighbour j), are differentiable inputs (forces, stress).
     """
 
     cutoff: float
     species: list[int]
     n_features: int
+    options: Any
 
-    def forward(self, batch: Batch, edge_vectors: torch.Tensor) -> torch.Tensor: ...
+    def forward(self, batch: Batch, edge_vectors: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerSpectrumOptions:
+    """Options of ``model.backbone: {kind: power-spectrum}`` (the built-in backbone)."""
+
+    cutoff_A: float = 5.0
+    """Radial cutoff of the atomic environments, Å."""
+    n_radial: int = 8
+    """Number of radial basis functions (Gaussians times a cosine cutoff)."""
+    l_max: int = 3
+    """Highest angular momentum of the spherical harmonics (0 to 3)."""
+    n_channels: int = 8
+    """Learnable radial channels per angular momentum in the species-mixed density."""
+    hidden: tuple[int, ...] = (128, 128)
+    """Widths of the atom-wise MLP after the power spectrum; its output width is F."""
+
+    def __post_init__(self):
+        if not 0 <= self.l_max <= 3:
+            raise ConfigError("model.backbone.l_max", f"expected 0 to 3, got {self.l_max}")
+        if self.cutoff_A <= 0:
+            raise ConfigError("model.backbone.cutoff_A", f"expected > 0, got {self.cutoff_A}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError("model.backbone.hidden",
+                              f"expected a non-empty list of widths >= 1, got {list(self.hidden)}")
 
 
 def silu_derivative(x: torch.Tensor) -> torch.Tensor:
@@ -144,6 +179,8 @@ class PowerSpectrumBackbone(nn.Module):
     def __init__(self, species, cutoff=5.0, n_radial=8, l_max=3, n_channels=8,
                  hidden=(128, 128)):
         super().__init__()
+        self.options = PowerSpectrumOptions(float(cutoff), n_radial, l_max, n_channels,
+                                            tuple(hidden))
         self.species = [int(z) for z in species]
         self.cutoff = float(cutoff)
         self.n_radial, self.l_max, self.n_channels = n_radial, l_max, n_channels
@@ -358,9 +395,43 @@ class PowerSpectrumBackbone(nn.Module):
             blocks.append(torch.einsum("knyc,jc->knjy", g_a, self.mixing[l]))
         return torch.cat(blocks, dim=-1).reshape(n_rows, *cache["shape"])
 
-    def forward(self, batch: Batch, edge_vectors: torch.Tensor) -> torch.Tensor:
-        """Per-atom features (N, F) of ``batch`` with pair vectors ``edge_vectors`` (P, 3) Å."""
-        return self.readout(self.density(batch, edge_vectors), batch.numbers)
+    def forward(self, batch: Batch, edge_vectors: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Per-atom features (N, F) of ``batch`` with pair vectors ``edge_vectors`` (P, 3) Å;
+        no shared energy."""
+        return self.readout(self.density(batch, edge_vectors), batch.numbers), None
+
+    def explicit_vjp(self, batch: Batch, cotangents_of, stress: bool = False):
+        """Position (and strain) gradients of K contractions Σ_i c_k,i · f_i, without autograd.
+
+        The cotangents on the parameter-free density come from one closed-form batched VJP of
+        the atom-wise readout (:meth:`readout_vjp`); the pair part is one contraction
+        (:meth:`pair_gradients`).
+
+        Parameters
+        ----------
+        cotangents_of : callable, features (N, F) → cotangents c (K, N, F) (differentiable)
+
+        Returns
+        -------
+        d_pos : (K, N, 3), per Å; virial : (K, S, 3, 3) (∂/∂ε), or None
+        """
+        edges = batch.edge_vectors().detach()
+        density = self.density(batch, edges).detach()
+        cache: dict = {}
+        features = self.readout(density, batch.numbers, cache)
+        cotangents = self.readout_vjp(cache, cotangents_of(features))  # (K, N, Z, B, Y)
+        n_rows = cotangents.shape[0]
+        cotangents = (cotangents * self.density_scale[..., self.l_of_y]).flatten(1, 2)
+        d_edges = self.pair_gradients(batch, edges, cotangents)  # (K, P, 3)
+        d_pos = d_edges.new_zeros(n_rows, batch.numbers.shape[0], 3)
+        d_pos = d_pos.index_add(1, batch.j, d_edges).index_add(1, batch.i, -d_edges)
+        virial = None
+        if stress:
+            per_edge = torch.einsum("kpa,pb->kpab", d_edges, edges)
+            virial = per_edge.new_zeros(n_rows, batch.n_structures, 3, 3).index_add(
+                1, batch.edge_structure, per_edge)
+            virial = 0.5 * (virial + virial.transpose(-1, -2))
+        return d_pos, virial
 
     @torch.no_grad()
     def fit_density_scale(self, batch: Batch) -> None:
@@ -372,3 +443,16 @@ class PowerSpectrumBackbone(nn.Module):
         counts = torch.bincount(self.l_of_y).to(sq.dtype)
         rms = (per_l / counts).sqrt()
         self.density_scale.copy_(torch.where(rms > 1e-8, 1.0 / rms, torch.ones_like(rms)))
+
+
+def build_power_spectrum(options: PowerSpectrumOptions, species, batch=None):
+    """The registry's builder: a :class:`PowerSpectrumBackbone`, its density scaled on ``batch``."""
+    backbone = PowerSpectrumBackbone(species, options.cutoff_A, options.n_radial, options.l_max,
+                                     options.n_channels, options.hidden)
+    if batch is not None:  # in the batch's precision; the ensemble sets the model's dtype
+        backbone = backbone.to(batch.positions.dtype)
+        backbone.fit_density_scale(batch)
+    return backbone
+
+
+register_backbone("power-spectrum", PowerSpectrumOptions, build_power_spectrum)

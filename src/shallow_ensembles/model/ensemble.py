@@ -39,7 +39,8 @@ from torch import nn
 
 from ..conventions import DDOF
 from ..data.batch import Batch
-from .backbone import PowerSpectrumBackbone, silu_derivative
+from .backbone import silu_derivative
+from .registry import backbone_spec, build_backbone
 
 VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])
 
@@ -86,15 +87,18 @@ class ShallowEnsemble(nn.Module):
         self.register_buffer("species_index", lookup, persistent=False)
 
     @classmethod
-    def from_config(cls, config, species) -> ShallowEnsemble:
-        """Build from a :class:`~shallow_ensembles.config.ModelConfig` and the element list."""
+    def from_config(cls, config, species, batch: Batch | None = None) -> ShallowEnsemble:
+        """Build from a :class:`~shallow_ensembles.config.ModelConfig` and the element list.
+
+        The backbone comes from the registry (``config.backbone``); with a ``batch`` of
+        training structures its data-dependent parts are set. The stored hyperparameters hold
+        the backbone's resolved options, so that the model file rebuilds it without data.
+        """
         from ..config import to_dict
 
-        backbone = PowerSpectrumBackbone(
-            sorted(int(z) for z in species), config.cutoff_A, config.n_radial, config.l_max,
-            config.n_channels, config.hidden,
-        )
-        model = cls(backbone, config.n_members, config.bottleneck, to_dict(config))
+        backbone = build_backbone(config.backbone, species, batch)
+        hyperparameters = {**to_dict(config), "backbone": backbone_spec(backbone.options)}
+        model = cls(backbone, config.n_members, config.bottleneck, hyperparameters)
         return model.to(getattr(torch, config.dtype))
 
     @property
@@ -105,8 +109,13 @@ class ShallowEnsemble(nn.Module):
     # --- contract ------------------------------------------------------------------------------
     def last_layer_features(self, batch: Batch, edge_vectors=None) -> torch.Tensor:
         """g_i, (N, d): the features the heads act on."""
+        return self._features(batch, edge_vectors)[0]
+
+    def _features(self, batch: Batch, edge_vectors=None):
+        """g_i (N, d) and the backbone's shared per-atom energy (N,) eV or None."""
         edge_vectors = batch.edge_vectors() if edge_vectors is None else edge_vectors
-        return self.bottleneck(self.backbone(batch, edge_vectors))
+        features, shared = self.backbone(batch, edge_vectors)
+        return self.bottleneck(features), shared
 
     def heads(self, features: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """Member atomic energies (N, M), eV, float64, from last-layer features (N, d)."""
@@ -116,8 +125,11 @@ class ShallowEnsemble(nn.Module):
         return learned.double() + self.composition[z, None].double()
 
     def forward(self, batch: Batch, edge_vectors=None) -> torch.Tensor:
-        """Member atomic energies e_im, (N, M), eV, float64."""
-        return self.heads(self.last_layer_features(batch, edge_vectors), batch.numbers)
+        """Member atomic energies e_im, (N, M), eV, float64 (plus the backbone's shared
+        per-atom energy, if it has one)."""
+        features, shared = self._features(batch, edge_vectors)
+        energies = self.heads(features, batch.numbers)
+        return energies if shared is None else energies + shared.double()[:, None]
 
     @torch.no_grad()
     def centre_features(self, centre: torch.Tensor) -> float:
@@ -195,15 +207,77 @@ class ShallowEnsemble(nn.Module):
 
     def member_forces(self, batch: Batch, *, stress: bool = False, create_graph: bool = False,
                       method: str = "auto") -> dict[str, torch.Tensor]:
-        """Member forces (M, N, 3) eV/Å and, with ``stress``, member stresses (M, S, 6) eV/Å³."""
+        """Member forces (M, N, 3) eV/Å and, with ``stress``, member stresses (M, S, 6) eV/Å³.
+
+        ``method``: ``"explicit"`` (the backbone's ``explicit_vjp``), ``"jacobian"`` (min(M, d)
+        backward passes), ``"loop"`` (M backward passes), ``"auto"`` (explicit when the
+        backbone has it, else the cheaper of the two others). A backbone's shared energy adds
+        one backward pass, whose gradient every member shares.
+        """
+        explicit = hasattr(self.backbone, "explicit_vjp")
         if method == "auto":
-            method = "explicit" if isinstance(self.backbone, PowerSpectrumBackbone) else (
+            method = "explicit" if explicit else (
                 "jacobian" if self.n_last < self.n_members else "loop")
-        if method == "explicit":
-            return self._member_forces_explicit(batch, stress, create_graph)
-        if method not in ("jacobian", "loop"):
+        if method not in ("explicit", "jacobian", "loop"):
             raise ValueError(f"method must be auto, explicit, jacobian or loop, got {method!r}")
-        return self._member_forces_autograd(batch, stress, create_graph, method == "jacobian")
+        if method == "explicit" and not explicit:
+            raise ValueError(f"{type(self.backbone).__name__} has no explicit member-force "
+                             "route; use method 'auto', 'jacobian' or 'loop'")
+        basis, mix = (self.head.weight, None) if method == "loop" else self._row_basis()
+        # rows that are the members themselves carry the shared energy; mixed rows need one more
+        shared = "none" if not getattr(self.backbone, "shares_energy", False) else (
+            "add" if mix is None else "append")
+        if method == "explicit":
+            d_pos, virial = self.explicit_row_gradients(batch, basis, stress, create_graph)
+        else:
+            d_pos, virial = self.autograd_row_gradients(batch, basis, stress, create_graph,
+                                                        shared)
+        d_pos = _mix(d_pos[:-1], mix) + d_pos[-1] if shared == "append" else _mix(d_pos, mix)
+        out = {"forces_ensemble": -d_pos}
+        if stress:
+            virial = (_mix(virial[:-1], mix) + virial[-1] if shared == "append"
+                      else _mix(virial, mix))
+            out["stress_ensemble"] = _stress_from_virial(virial, batch)
+        return out
+
+    def row_gradients(self, batch: Batch, basis: torch.Tensor, stress: bool = False,
+                      create_graph: bool = False):
+        """Position (and strain) gradients of K rows r_k = Σ_i s_Z basis_k · g_i per structure
+        (the backbone's explicit route when it has one, else K backward passes).
+
+        Parameters
+        ----------
+        basis : (K, d)
+
+        Returns
+        -------
+        d_pos : (K, N, 3), ∂r_k/∂R; virial : (K, S, 3, 3), ∂r_k/∂ε, or None
+        """
+        if hasattr(self.backbone, "explicit_vjp"):
+            return self.explicit_row_gradients(batch, basis, stress, create_graph)
+        return self.autograd_row_gradients(batch, basis, stress, create_graph)
+
+    def autograd_row_gradients(self, batch: Batch, basis: torch.Tensor, stress: bool = False,
+                               create_graph: bool = False, shared: str = "none"):
+        """:meth:`row_gradients` by K backward passes through one retained graph (on CPU a
+        loop beats batched VJPs). The backbone's shared energy (per structure) is ``"add"``-ed
+        to every row, or ``"append"``-ed as row K + 1, or left out (``"none"``)."""
+        with torch.enable_grad():
+            edges, inputs = _differentiable_edges(batch, True, stress)
+            features, shared_energy = self._features(batch, edges)
+            rows = list((self._structure_sums(features, batch) @ basis.T).T)
+            if shared != "none":
+                total = self._structure_sums_plain(shared_energy, batch)
+                rows = [row + total for row in rows] if shared == "add" else rows + [total]
+            grads = [torch.autograd.grad(row.sum(), inputs, retain_graph=True,
+                                         create_graph=create_graph) for row in rows]
+        d_pos = torch.stack([g[0] for g in grads])
+        return d_pos, torch.stack([g[1] for g in grads]) if stress else None
+
+    @staticmethod
+    def _structure_sums_plain(values: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Σ_i over the atoms of each structure, (N,) → (S,)."""
+        return values.new_zeros(batch.n_structures).index_add(0, batch.structure, values)
 
     def _structure_sums(self, features: torch.Tensor, batch: Batch) -> torch.Tensor:
         """G = Σ_i s_Z g_i per structure, (S, d)."""
@@ -223,35 +297,10 @@ class ShallowEnsemble(nn.Module):
             return torch.eye(self.n_last, dtype=weight.dtype, device=weight.device), weight.T
         return weight, None
 
-    def _member_forces_autograd(self, batch, stress, create_graph, jacobian):
-        edges, inputs = _differentiable_edges(batch, True, stress)
-        features = self.last_layer_features(batch, edges)
-        basis, mix = self._row_basis() if jacobian else (self.head.weight, None)
-        rows = (self._structure_sums(features, batch) @ basis.T).T
-        grads = [torch.autograd.grad(row.sum(), inputs, retain_graph=True,
-                                     create_graph=create_graph) for row in rows]
-        d_pos = torch.stack([g[0] for g in grads])  # (K, N, 3)
-        out = {"forces_ensemble": -_mix(d_pos, mix)}
-        if stress:
-            virial = torch.stack([g[1] for g in grads])  # (K, S, 3, 3)
-            out["stress_ensemble"] = _stress_from_virial(_mix(virial, mix), batch)
-        return out
-
-    def _member_forces_explicit(self, batch, stress, create_graph):
-        basis, mix = self._row_basis()
-        d_pos, virial = self.explicit_row_gradients(batch, basis, stress, create_graph)
-        out = {"forces_ensemble": -_mix(d_pos, mix)}
-        if stress:
-            out["stress_ensemble"] = _stress_from_virial(_mix(virial, mix), batch)
-        return out
-
     def explicit_row_gradients(self, batch: Batch, basis: torch.Tensor, stress: bool = False,
                                create_graph: bool = False):
-        """Position (and strain) gradients of K rows r_k = Σ_i s_Z basis_k · g_i per structure.
-
-        The cotangents of the K rows on the parameter-free density come from one closed-form
-        batched VJP of the atom-wise readout (:meth:`PowerSpectrumBackbone.readout_vjp`); the
-        pair part is one contraction (:meth:`PowerSpectrumBackbone.pair_gradients`).
+        """Position (and strain) gradients of K rows r_k = Σ_i s_Z basis_k · g_i per structure,
+        through the backbone's ``explicit_vjp`` (the bottleneck's VJP is closed-form here).
 
         Parameters
         ----------
@@ -261,32 +310,16 @@ class ShallowEnsemble(nn.Module):
         -------
         d_pos : (K, N, 3), ∂r_k/∂R; virial : (K, S, 3, 3), ∂r_k/∂ε, or None
         """
-        backbone = self.backbone
-        edges = batch.edge_vectors().detach()
-        density = backbone.density(batch, edges).detach()
-        cache: dict = {}
-        features = backbone.readout(density, batch.numbers, cache)
         scale = self.scale[self.species_index[batch.numbers]]  # (N,)
-        grad = basis[:, None, :] * scale[None, :, None]  # (K, N, d): ∂r_k/∂g_i
-        if not isinstance(self.bottleneck, nn.Identity):
-            linear = self.bottleneck[0]
-            pre = linear(features)
-            grad = (grad * silu_derivative(pre)) @ linear.weight
-        cotangents = backbone.readout_vjp(cache, grad)  # (K, N, Z, B, Y)
-        n_rows = cotangents.shape[0]
-        density_scale = backbone.density_scale[..., backbone.l_of_y]  # (Z, B, Y)
-        cotangents = (cotangents * density_scale).flatten(1, 2)  # (K, N·Z, B, Y)
-        d_edges = backbone.pair_gradients(batch, edges, cotangents)  # (K, P, 3)
-        n_atoms = batch.numbers.shape[0]
-        d_pos = d_edges.new_zeros(n_rows, n_atoms, 3)
-        d_pos = d_pos.index_add(1, batch.j, d_edges).index_add(1, batch.i, -d_edges)
-        virial = None
-        if stress:
-            per_edge = torch.einsum("kpa,pb->kpab", d_edges, edges)
-            virial = per_edge.new_zeros(n_rows, batch.n_structures, 3, 3).index_add(
-                1, batch.edge_structure, per_edge)
-            virial = 0.5 * (virial + virial.transpose(-1, -2))
-        return d_pos, virial
+
+        def cotangents_of(features):  # (N, F) → ∂r_k/∂f_i, (K, N, F)
+            grad = basis[:, None, :] * scale[None, :, None]  # ∂r_k/∂g_i
+            if not isinstance(self.bottleneck, nn.Identity):
+                linear = self.bottleneck[0]
+                grad = (grad * silu_derivative(linear(features))) @ linear.weight
+            return grad
+
+        return self.backbone.explicit_vjp(batch, cotangents_of, stress)
 
     def structure_features(self, batch: Batch) -> torch.Tensor:
         """x_k = Σ_i s_Z (g_i − c_Z) / N_k, (S, d): the linear model E_m/N = w_m·x + shared/N.
@@ -300,9 +333,12 @@ class ShallowEnsemble(nn.Module):
         return sums / batch.n_atoms[:, None].to(sums.dtype)
 
     def shared_energy(self, batch: Batch) -> torch.Tensor:
-        """Σ_i (μ_Z + s_Z β_Z) per structure, (S,) eV, float64: the member-independent part."""
+        """Σ_i (μ_Z + s_Z β_Z + the backbone's shared energy) per structure, (S,) eV, float64:
+        the member-independent part."""
         z = self.species_index[batch.numbers]
         per_atom = self.composition[z].double() + (self.scale[z] * self.shift[z]).double()
+        if getattr(self.backbone, "shares_energy", False):
+            per_atom = per_atom + self._features(batch)[1].double()
         return per_atom.new_zeros(batch.n_structures).index_add(0, batch.structure, per_atom)
 
     def species_feature_sums(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

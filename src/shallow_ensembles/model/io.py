@@ -94,6 +94,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ShallowE
     return model.to(device)
 
 
+def load_initial_model(path: str | Path, n_members: int, dtype: str = "float32"
+                       ) -> ShallowEnsemble:
+    """The starting model of ``init_model``: a model file of this package, or a MACE model file
+    (``mace_run_train``'s ``NAME.model``), imported with ``n_members`` identical heads.
+
+    Only here is a foreign file unpickled, and only when its pickle names a ``mace.modules``
+    class (checked without unpickling); a model file of this package loads ``weights_only``.
+    """
+    from .mace_backbone import import_mace_model, is_mace_file
+
+    if Path(path).is_file() and is_mace_file(path):
+        return import_mace_model(path, n_members, dtype)
+    return load_model(path)
+
+
 def tensor_checksum(payload: dict) -> str:
     """Hex SHA-256 of ``hyperparameters``, ``species`` and the ``state_dict`` tensors."""
     digest = hashlib.sha256(json.dumps([payload["hyperparameters"], list(payload["species"])],

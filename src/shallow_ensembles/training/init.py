@@ -98,7 +98,7 @@ def llpr_heads(model: ShallowEnsemble, train: Sequence[Graph], validation: Seque
     Φ holds the rows of the stage-1 (MSE) loss's Gauss–Newton matrix, weighted as the loss
     weights them: energy rows √(w_E N_k^(−a) / S) ∂E_k/∂w = √(w_E N_k^(2−a) / S) x_k and, with
     ``force_rows``, one row √(w_F / (3 N_atoms)) ∂F_iα/∂w per force component (the feature
-    Jacobian from :meth:`ShallowEnsemble.explicit_row_gradients`). Only their relative weight
+    Jacobian from :meth:`ShallowEnsemble.row_gradients`). Only their relative weight
     matters: ς and α are chosen on validation.
     """
     centre_features(model, train)
@@ -129,7 +129,7 @@ def feature_jacobian(model: ShallowEnsemble, graph: Graph) -> torch.Tensor:
     """Rows ∂G/∂R of one structure, (3N, d): one per force component."""
     batch = collate([graph], dtype=model.dtype)
     basis = torch.eye(model.n_last, dtype=model.dtype)
-    d_pos, _ = model.explicit_row_gradients(batch, basis)
+    d_pos, _ = model.row_gradients(batch, basis)
     return d_pos.detach().reshape(d_pos.shape[0], -1).T
 
 

@@ -7,6 +7,7 @@ refit the calibration on validation, and save ``model.pt`` with its provenance.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import warnings
@@ -16,13 +17,14 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import TRAINED_STAGES, DataConfig, TrainConfig, to_dict
+from ..config import TRAINED_STAGES, DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from ..data import collate, fit_composition_baseline, graphs_from_atoms, read_structures
 from ..data.io import check_elements
 from ..data.split import load_split, make_split, save_split, shared_frames
 from ..errors import ConfigError, DataError, ModelFileError
-from ..model import ShallowEnsemble, load_model, save_model
-from ..model.io import file_sha256, load_error_summary
+from ..model import ShallowEnsemble, save_model
+from ..model.io import file_sha256, load_error_summary, load_initial_model
+from ..model.registry import backbone_spec, cutoff_of, resolve_options
 from . import init as heads
 from .trainer import Trainer, distributed_info
 
@@ -55,9 +57,14 @@ def check_resume(config: TrainConfig, run_dir: Path) -> None:
     saved = run_dir / "resolved_config.yaml"
     if not saved.is_file():
         return
-    old = _flatten({k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()
-                    if k in RESUME_SECTIONS})
-    new = _flatten({k: v for k, v in to_dict(config).items() if k in RESUME_SECTIONS})
+    old = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()
+           if k in RESUME_SECTIONS}
+    if isinstance(old.get("model"), dict):  # compare architectures with every default filled in
+        with contextlib.suppress(ConfigError):
+            old["model"] = _resolved_model(from_dict(ModelConfig, old["model"], "model"))
+    old = _flatten(old)
+    new = _flatten({**{k: v for k, v in to_dict(config).items() if k in RESUME_SECTIONS},
+                    "model": _resolved_model(config.model)})
     for key in sorted(set(old) | set(new)):
         if not _same_value(old.get(key), new.get(key)):
             raise ConfigError(key, f"changed from {old.get(key)!r} to {new.get(key)!r} since the "
@@ -141,16 +148,34 @@ def _load_checkpoint(trainer: Trainer) -> dict | None:
 
 def build_model(config: TrainConfig, train_graphs, species) -> ShallowEnsemble:
     """Model from the config, initialised from the training data (baseline, scales)."""
-    model = ShallowEnsemble.from_config(config.model, species)
+    model = ShallowEnsemble.from_config(config.model, species, collate(train_graphs[:32]))
     energies = [g.energy for g in train_graphs]
     mu = fit_composition_baseline([g.numbers for g in train_graphs], energies, model.species)
     forces = np.concatenate([g.forces for g in train_graphs])
     with torch.no_grad():
         model.composition.copy_(torch.as_tensor(mu))
         model.scale.fill_(float(np.sqrt(np.mean(forces**2))) or 1.0)
-    model.backbone.fit_density_scale(collate(train_graphs[:32], dtype=model.dtype))
     heads.centre_features(model, train_graphs)
     return model
+
+
+def resolve_backbone(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``model.backbone`` checked against its kind's options and completed with
+    their defaults (ConfigError naming ``model.backbone.<option>`` before any work)."""
+    spec = backbone_spec(resolve_options(config.model.backbone))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, backbone=spec))
+
+
+def _resolved_model(model: ModelConfig) -> dict:
+    """The ``model`` section as plain data with the backbone's defaults filled in."""
+    return {**to_dict(model), "backbone": backbone_spec(resolve_options(model.backbone))}
+
+
+def skips_training(config: TrainConfig, index: int, stage) -> bool:
+    """A named protocol's leading MSE stage is skipped when ``init_model`` gives the trained
+    model it would produce (custom stage lists run as written)."""
+    return bool(config.init_model) and config.protocol != "custom" and index == 0 \
+        and stage.kind == "mse"
 
 
 def run_init_stage(model, stage, stage_index, data_train, data_val, config: TrainConfig) -> None:
@@ -175,6 +200,7 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
     from ..calibration import calibrate
 
     rank, _ = distributed_info()
+    config = resolve_backbone(config)
     run_dir = Path(config.output_dir)
     if resume:
         check_resume(config, run_dir)
@@ -187,15 +213,14 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
         (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump(to_dict(config),
                                                                      sort_keys=False))
     species = sorted({int(z) for a in data.train + data.validation for z in a.numbers})
-    cutoff = config.model.cutoff_A
+    model = None
     if config.init_model:
-        cutoff = load_model(config.init_model).cutoff
+        model = load_initial_model(config.init_model, config.model.n_members, config.model.dtype)
+        check_elements(species, model.species, file=config.data.train_file)
+    cutoff = model.cutoff if model is not None else cutoff_of(config.model.backbone)
     train_graphs = graphs_from_atoms(data.train, cutoff)
     val_graphs = graphs_from_atoms(data.validation, cutoff)
-    if config.init_model:
-        model = load_model(config.init_model)
-        check_elements(species, model.species, file=config.data.train_file)
-    else:
+    if model is None:
         model = build_model(config, train_graphs, species)
     device = "cuda" if config.training.device == "cuda" or (
         config.training.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -207,6 +232,10 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
     first = state["stage"] if state is not None else 0
     for k, stage in enumerate(config.resolved_stages()):
         if k < first:
+            continue
+        if skips_training(config, k, stage):
+            LOG.info("stage %d (%s) skipped: init_model %s is a trained model", k, stage.kind,
+                     config.init_model)
             continue
         if stage.kind in TRAINED_STAGES:
             trainer.run_stage(k, stage, state if k == first else None)
