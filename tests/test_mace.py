@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ETHANOL
+from conftest import ETHANOL, ROOT
 from shallow_ensembles import ShallowEnsembleCalculator
 from shallow_ensembles.cli import main
 from shallow_ensembles.model import load_model
@@ -146,3 +146,45 @@ def test_evaluate_and_md_run_on_the_mace_ensemble(ensemble, tmp_path):
     assert code == 0
     saved = ase.io.read(tmp_path / "md" / "candidates.extxyz", ":")
     assert len(saved) >= 1  # σ_F > 1e-6 eV/Å at every step: the members differ
+
+
+def test_ipi_committee_run_with_the_mace_ensemble(ensemble, tmp_path):
+    from shallow_ensembles.ipi.outputs import read_committee_pot
+    from shallow_ensembles.ipi.run import run_ipi
+
+    molecule = ase.io.read(ensemble / "data.extxyz", "0")
+    molecule.set_cell([12.0, 12.0, 12.0])
+    molecule.center()
+    molecule.pbc = True
+    ase.io.write(tmp_path / "ethanol.extxyz", molecule)
+    xml = (ROOT / "md_protocols" / "ipi" / "nvt_committee.xml").read_text()
+    (tmp_path / "nvt.xml").write_text(xml.replace("stride='10'", "stride='1'"))
+    model = ensemble / "run" / "model.pt"
+    summary = run_ipi(tmp_path / "nvt.xml", model, structure=tmp_path / "ethanol.extxyz",
+                      steps=3, output=tmp_path / "run", timeout_s=90)
+    assert summary.steps == 3
+    frames = ase.io.read(summary.run_dir / "simulation.pos_0.extxyz", ":")
+    calc = ShallowEnsembleCalculator(model)
+    members = [calc.get_property("energy_ensemble", atoms) for atoms in frames]
+    np.testing.assert_allclose(read_committee_pot(summary.run_dir / "simulation.committee_pot_0"),
+                               members, rtol=1e-6, atol=1e-6)
+
+
+def test_active_learning_round_with_a_mace_backbone(tmp_path):
+    from shallow_ensembles.active_learning import run_active_learning
+    from test_active_learning import al_config, cu_frames
+
+    ase.io.write(tmp_path / "start.extxyz", cu_frames(6, 0))
+    ase.io.write(tmp_path / "validation.extxyz", cu_frames(4, 1))
+    ase.io.write(tmp_path / "test.extxyz", cu_frames(8, 2, rattle=0.15))
+    config = al_config(tmp_path, max_rounds=1)
+    config["initial"]["model"] = {
+        "backbone": {"kind": "mace", "cutoff_A": 3.5, "channels": 8, "max_L": 0,
+                     "correlation": 2, "num_radial": 4, "radial_mlp": [8]},
+        "bottleneck": 4, "n_members": 4, "dtype": "float64"}
+    summary = run_active_learning(config)
+    rounds = sorted((tmp_path / "run").glob("round_*"))
+    assert [r.name for r in rounds] == ["round_00", "round_01"]
+    fine_tuned = load_model(rounds[-1] / "model.pt")
+    assert fine_tuned.hyperparameters["backbone"]["kind"] == "mace"
+    assert summary is not None

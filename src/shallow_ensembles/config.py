@@ -550,9 +550,15 @@ def resolve_data_paths(data: dict, base: Path) -> dict:
 
 
 def load_train_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> TrainConfig:
-    """The :class:`TrainConfig` of a YAML file, data paths relative to its folder (see
-    :func:`resolve_data_paths`), then ``--set`` overrides (paths there: the current folder)."""
+    """The :class:`TrainConfig` of a YAML file, data paths (and ``init_model``, when it is
+    there) relative to its folder (see :func:`resolve_data_paths`), then ``--set`` overrides
+    (paths there: the current folder)."""
     data = load_yaml(path)
+    folder = Path(path).resolve().parent
     if isinstance(data.get("data"), dict):
-        data["data"] = resolve_data_paths(data["data"], Path(path).resolve().parent)
+        data["data"] = resolve_data_paths(data["data"], folder)
+    init = data.get("init_model")
+    if isinstance(init, str) and init and not Path(init).is_absolute() \
+            and (folder / init).exists():
+        data["init_model"] = os.path.normpath(folder / init)
     return from_dict(TrainConfig, apply_overrides(data, overrides))
