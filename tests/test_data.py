@@ -51,6 +51,17 @@ def test_custom_keys(tmp_path):
         read_structures(tmp_path / "a.extxyz")
 
 
+def test_ref_keys_are_read_without_options(tmp_path):
+    """REF_energy / REF_forces (this package's own files, MACE's training files) need no keys."""
+    atoms = molecule("H2O")
+    atoms.info["REF_energy"] = -14.2
+    atoms.arrays["REF_forces"] = np.full((3, 3), 0.5)
+    write(tmp_path / "a.extxyz", atoms)
+    (frame,) = read_structures(tmp_path / "a.extxyz")
+    assert frame.info[K.REF_ENERGY] == pytest.approx(-14.2)
+    np.testing.assert_allclose(frame.arrays[K.REF_FORCES], 0.5)
+
+
 @pytest.mark.parametrize("problem,match", [
     ("nan_energy", "energy is NaN"),
     ("nan_forces", "forces contain NaN"),

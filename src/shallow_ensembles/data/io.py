@@ -38,7 +38,8 @@ def read_structures(
     ----------
     path : file readable by ``ase.io.read`` (extxyz first)
     energy_key, forces_key, stress_key : where the labels are; ``None`` means the frame's
-        calculator results, then ``info["energy"]`` / ``arrays["forces"]`` / ``info["stress"]``.
+        calculator results, then ``info["energy"]`` / ``arrays["forces"]`` / ``info["stress"]``,
+        then the same with a ``REF_`` prefix (``REF_energy``: this package's files, MACE's).
     require_energy, require_forces : raise when a frame lacks the label.
     elements : atomic numbers a model knows; a frame with another element is an error.
 
@@ -124,7 +125,9 @@ def _lookup(atoms: Atoms, key: str | None, default: str, where: str):
         return None
     if atoms.calc is not None and default in getattr(atoms.calc, "results", {}):
         return atoms.calc.results[default]
-    return atoms.info.get(default) if where == "info" else atoms.arrays.get(default)
+    store = atoms.info if where == "info" else atoms.arrays
+    # then REF_energy / REF_forces / REF_stress: what this package writes and mace_run_train reads
+    return store.get(default, store.get(f"REF_{default}"))
 
 
 def _available(atoms: Atoms) -> str:

@@ -21,7 +21,9 @@ the module is rebuilt from it on load. Unpickling a foreign MACE file (``mace_ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import os
 import warnings
@@ -170,7 +172,9 @@ def import_mace():
     key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
     before = os.environ.get(key)
     try:
-        with warnings.catch_warnings():  # torch's note that the variable is set
+        # torch's warning that the variable is set; mace's print that cuequivariance (a GPU
+        # accelerator) is absent, which would land in the stdout of our commands
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
             import mace.modules  # noqa: F401 - sets the variable, then loads e3nn under it
             import mace.tools.scripts_utils  # noqa: F401
