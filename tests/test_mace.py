@@ -66,6 +66,8 @@ def test_imported_model_equals_mace_calculator(mace_file):
     frames = ase.io.read(ETHANOL, "50:53")
     reference = MACECalculator(model_paths=str(mace_file), device="cpu", default_dtype="float64")
     model = load_initial_model(mace_file, n_members=3, dtype="float64")
+    single = load_initial_model(mace_file, n_members=3, dtype="float32")
+    assert single.dtype == torch.float32 and single.hyperparameters["dtype"] == "float32"
     ours = ShallowEnsembleCalculator(model, dtype="float64")
     for atoms in frames:
         expected = (reference.get_potential_energy(atoms), reference.get_forces(atoms))
@@ -74,6 +76,8 @@ def test_imported_model_equals_mace_calculator(mace_file):
         np.testing.assert_allclose(got[1], expected[1], atol=1e-8)
         # identical heads before any uncertainty is added: no spread
         assert ours.get_property("energy_uncertainty", atoms) == pytest.approx(0, abs=1e-9)
+        np.testing.assert_allclose(ShallowEnsembleCalculator(single).get_forces(atoms),
+                                   expected[1], atol=1e-4)  # the float32 import
 
 
 def test_importing_mace_does_not_leak_its_unsafe_torch_load_setting():

@@ -370,11 +370,11 @@ def import_mace_model(path: str | Path, n_members: int, dtype: str = "float32"):
         scale = float(torch.atleast_1d(module.scale_shift.scale)[0])
     options = MaceOptions(cutoff_A=float(module.r_max), mace_config=config)
     model_config = ModelConfig(backbone={"kind": "mace", **dataclasses.asdict(options)},
-                               bottleneck=hidden, n_members=n_members, dtype="float64")
+                               bottleneck=hidden, n_members=n_members, dtype=dtype)
     model = ShallowEnsemble.from_config(model_config, config["atomic_numbers"])
     state = {k: v for k, v in module.state_dict().items()
              if not k.startswith(f"readouts.{len(module.readouts) - 1}.")}
-    model.backbone.mace.load_state_dict(state)
+    model.backbone.mace.load_state_dict(state)  # cast to the model's dtype
     with torch.no_grad():
         linear = model.bottleneck[0]
         linear.weight.copy_(first.T)
@@ -383,4 +383,4 @@ def import_mace_model(path: str | Path, n_members: int, dtype: str = "float32"):
         model.scale.fill_(1.0)
         model.shift.zero_()
         model.composition.zero_()
-    return model.to(getattr(torch, dtype))
+    return model
