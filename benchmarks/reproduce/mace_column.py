@@ -1,7 +1,7 @@
 """MACE column of the reproduction: MSE MACE (``mace_run_train``) → two-step vs force NLL from
 scratch with the same MACE architecture, on one system's fixed split, one torch thread.
 
-    python benchmarks/reproduce/mace.py {ethanol,batio3} [--stage1-epochs N] [--scratch-epochs N]
+    python benchmarks/reproduce/mace_column.py {ethanol,batio3} [--stage1-epochs N] [--no-speed]
 
 Steps (each skipped when its output exists, so an interrupted run continues):
 1. ``mace_run_train`` (the system's architecture in ``ARCHITECTURES``, float32, lr 0.01, EMA,
@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("system", choices=sorted(ARCHITECTURES))
     parser.add_argument("--stage1-epochs", type=int, help="default: per system")
     parser.add_argument("--scratch-epochs", type=int, help="default: per system")
+    parser.add_argument("--no-speed", action="store_true",
+                        help="skip the ASE-call and MD timings (on a busy machine)")
     args = parser.parse_args()
     system = SYSTEMS[args.system]
     arch = ARCHITECTURES[system.name]
@@ -168,21 +170,44 @@ def main() -> None:
         curve = learning_curve(folder / "run" / "train_log.csv")
         rows[name] = {**score(validation, test), "time_s": before + cpu_of(folder),
                       "stage1_s": before, "epochs": len(curve), "curve": curve}
-    report(system, rows, s1, arch)
+    speed = inference(system, two_step, data) if system.name == "ethanol" and \
+        not args.no_speed else {}
+    report(system, rows, s1, arch, speed)
 
 
-def report(system, rows: dict, stage1_s: float, arch: dict) -> None:
+def inference(system, mace_model: Path, data: dict[str, Path]) -> dict[str, dict]:
+    """ms per ASE call (E + F + σ_E; with member forces) and Langevin MD steps/s on the first
+    test frame (``benchmarks/peers/ours_peer.py``, 1 thread): the MACE two-step model and the
+    shipped built-in model measured now; apax and metatrain from ``peers_SYSTEM.json``."""
+    from peers import timings
+
+    ours = {"MACE two-step (this run)": mace_model,
+            "built-in two-step (models/)": RESULTS.parents[1] / "models" /
+            f"{system.name}_two_step.pt"}
+    speed = {name: timings(Path(sys.executable), "ours_peer.py", model, data["test"], 100)
+             for name, model in ours.items()}
+    for name, row in load_json(RESULTS / f"peers_{system.name}.json").items():
+        if "converged" in name:
+            speed[name + " (peers table)"] = {k: row[k] for k in
+                                              ("ms_call", "ms_call_members", "md_steps_per_s")}
+    return speed
+
+
+def report(system, rows: dict, stage1_s: float, arch: dict, speed: dict) -> None:
     scratch = rows["MACE force NLL from scratch"]
-    kept = max(scratch["curve"], key=lambda c: c["rll_f"]) if scratch["curve"] else None
-    target = 0.95 * kept["rll_f"] if kept else float("nan")
+    # the epoch scratch keeps (best validation force NLL), as in run.py
+    kept = min(scratch["curve"], key=lambda c: c["force_nll"])
+    target, cap = 0.95 * kept["rll_f"], 1.05 * kept["rmse_f"]
     lines = []
     for name, row in rows.items():
-        reached = time_to_target(row["curve"], target)
-        total = None if reached is None else reached + row["stage1_s"]
-        lines.append(f"| {name} | {row['stage1_s']:.0f} | "
-                     f"{'never' if reached is None else f'{reached:.0f}'} | "
-                     f"{'never' if total is None else f'{total:.0f}'} | "
-                     f"{max((c['rll_f'] for c in row['curve']), default=float('nan')):.1f} |")
+        cells = []
+        for rmse_cap in (float("inf"), cap):
+            reached = time_to_target(row["curve"], target, rmse_cap)
+            cells.append("never" if reached is None else f"{reached:.0f} / "
+                         f"{reached + row['stage1_s']:.0f}")
+        best = min(row["curve"], key=lambda c: c["force_nll"])
+        lines.append(f"| {name} | {row['stage1_s']:.0f} | {cells[0]} | {cells[1]} | "
+                     f"{best['rll_f']:.1f} | {1000 * best['rmse_f']:.1f} |")
     builtin = load_json(RESULTS / f"{system.name}.json")
     best = min(builtin.items(), key=lambda kv: kv[1]["rmse_f_meV_A"]) if builtin else None
     table = {k: {c: v for c, v in r.items() if c != "curve"} for k, r in rows.items()}
@@ -196,16 +221,33 @@ def report(system, rows: dict, stage1_s: float, arch: dict) -> None:
         "included in the two-step row. α fitted on validation, metrics on the test frames "
         "(same code as every other table).", "",
         markdown_table(table), "",
-        f"Time to target: 95 % of scratch's best validation RLL_F ({target:.1f}).", "",
-        "| run | stage 1 (CPU s) | own CPU s to target | total CPU s to target | "
-        "best validation RLL_F |", "|---|---|---|---|---|", *lines, "",
+        f"Time to target: 95 % of the validation RLL_F of the epoch scratch keeps (best "
+        f"validation force NLL): {target:.1f} %; \"at scratch's accuracy\" also asks for a "
+        f"validation force RMSE within 5 % of that epoch's ({1000 * kept['rmse_f']:.0f} meV/Å).",
+        "", "| run | stage 1 (CPU s) | own / total CPU s to target | own / total at scratch's "
+        "accuracy | kept validation RLL_F | kept validation RMSE_F (meV/Å) |",
+        "|---|---|---|---|---|---|", *lines, "",
         ("Built-in power-spectrum backbone on the same split (`" + system.name + ".md`), best "
          f"test force RMSE: {best[0]} {best[1]['rmse_f_meV_A']:.1f} meV/Å in "
          f"{best[1]['time_s']:.0f} CPU s." if best else ""), "",
-        f"Command: `python benchmarks/reproduce/mace.py {system.name}`"])
+        *speed_lines(speed),
+        f"Command: `python benchmarks/reproduce/mace_column.py {system.name}`"])
     write_report(f"mace_{system.name}", text, {"rows": table, "target_rll_f": target,
-                                               "builtin_best": best})
+                                               "curves": {k: r["curve"] for k, r in rows.items()},
+                                               "builtin_best": best, "speed": speed})
     print(text)
+
+
+def speed_lines(speed: dict) -> list[str]:
+    """The inference table (empty without measurements)."""
+    if not speed:
+        return []
+    lines = ["ASE calls and MD on the first test frame, 1 thread (wall ms; the peers' rows "
+             "were measured for their table, this project's now):", "",
+             "| model | ms/call E+F+σ_E | ms/call + member F | MD steps/s |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['ms_call']:.1f} | {r['ms_call_members']:.1f} | "
+              f"{r['md_steps_per_s']:.0f} |" for name, r in speed.items()]
+    return [*lines, ""]
 
 
 if __name__ == "__main__":
