@@ -1,0 +1,217 @@
+"""Export to metatomic (issue 14): the exported TorchScript file against the native model.
+
+Each shipped model is exported with the CLI, loaded with metatomic's own loader and run through
+metatomic-ase's calculator (the real consumer): energy, per-member energies, per-atom energies,
+forces, stress and σ must equal the native model in float64 to 1e-6 eV (eV/Å, eV/Å³).
+Skipped when the ``metatomic`` extra is not installed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from ase.io import read
+
+from conftest import ETHANOL, ROOT, WATER
+from shallow_ensembles.cli import main
+from shallow_ensembles.data import Batch
+from shallow_ensembles.model import load_model
+
+mta = pytest.importorskip("metatomic.torch", reason="the metatomic extra is not installed "
+                          "(pip install 'shallow-ensembles[metatomic]')")
+from metatensor.torch import Labels  # noqa: E402 - after the skip
+
+metatomic_ase = pytest.importorskip("metatomic_ase", reason="the metatomic extra is not "
+                                    "installed (pip install 'shallow-ensembles[metatomic]')")
+
+BATIO3 = ROOT / "tests" / "data" / "batio3_12.extxyz"
+CASES = {  # shipped model, structure file, frame
+    "water": ("water_two_step", WATER, 3),
+    "batio3": ("batio3_two_step", BATIO3, 2),
+    "ethanol": ("ethanol_two_step", ETHANOL, 7),
+}
+TOL = 1e-6  # eV, eV/Å, eV/Å³ (float64)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Every shipped model exported once through the CLI (float64)."""
+    folder = tmp_path_factory.mktemp("metatomic")
+    paths = {}
+    for case, (name, _, _) in CASES.items():
+        paths[case] = folder / f"{name}-metatomic.pt"
+        code = main(["export", str(ROOT / "models" / f"{name}.pt"), "--output",
+                     str(paths[case])])
+        assert code == 0
+    return paths
+
+
+def native_reference(name, atoms):
+    """The native model's calibrated outputs in float64 (the oracle)."""
+    model = load_model(ROOT / "models" / f"{name}.pt").double()
+    batch = Batch.from_atoms(atoms, model.cutoff)
+    out = model.predict(batch, forces=True, stress=bool(atoms.pbc.all()), calibrated=True)
+    with torch.no_grad():
+        members = model(batch)  # (N, M) member atomic energies, raw
+    alpha = float(model.alpha_energy)
+    ref = {k: v.detach().numpy() for k, v in out.items()}
+    ref["atom_sigma"] = alpha * members.std(dim=1, correction=1).numpy()
+    return ref
+
+
+def metatomic_calculator(path, **kwargs):
+    outputs = {key: mta.ModelOutput(unit="eV", sample_kind="system")
+               for key in ("energy_ensemble", "energy_uncertainty")}
+    return metatomic_ase.MetatomicCalculator(
+        mta.load_atomistic_model(str(path)), additional_outputs=outputs,
+        check_consistency=True, **kwargs)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_exported_model_matches_native_through_metatomic_ase(case, exported):
+    name, structure, frame = CASES[case]
+    atoms = read(structure, frame)
+    atoms.rattle(0.02, seed=3)
+    ref = native_reference(name, atoms)
+    atoms.calc = metatomic_calculator(exported[case], uncertainty_threshold=None)
+    energy = atoms.get_potential_energy()
+    forces = atoms.get_forces()
+    energies = atoms.get_potential_energies()
+    extra = atoms.calc.additional_outputs
+    ensemble = extra["energy_ensemble"].block().values.detach().numpy()[0]
+    sigma = float(extra["energy_uncertainty"].block().values.detach()[0, 0])
+
+    assert abs(energy - ref["energy"][0]) < TOL, (energy, ref["energy"][0])
+    np.testing.assert_allclose(ensemble, ref["energy_ensemble"][0], rtol=0, atol=TOL)
+    np.testing.assert_allclose(sigma, ref["energy_uncertainty"][0], rtol=0, atol=TOL)
+    np.testing.assert_allclose(energies, ref["energies"], rtol=0, atol=TOL)
+    np.testing.assert_allclose(forces, ref["forces"], rtol=0, atol=TOL)
+    # the calibrated members are rescaled about the mean: their σ is the exported σ
+    assert abs(ensemble.std(ddof=1) - sigma) < TOL
+    assert abs(ensemble.mean() - energy) < TOL
+    if atoms.pbc.all():
+        np.testing.assert_allclose(atoms.get_stress(), ref["stress"][0], rtol=0, atol=TOL)
+
+
+def test_per_atom_uncertainty_reaches_metatomic_ase(exported):
+    """metatomic-ase reads the per-atom ``energy_uncertainty`` and warns above its threshold;
+    the values are α_E times the spread of each atom's member energies."""
+    name, structure, frame = CASES["ethanol"]
+    atoms = read(structure, frame)
+    ref = native_reference(name, atoms)
+    threshold = float(np.median(ref["atom_sigma"]))
+    atoms.calc = metatomic_ase.MetatomicCalculator(
+        str(exported["ethanol"]), uncertainty_threshold=threshold, check_consistency=True,
+        additional_outputs={"energy_uncertainty": mta.ModelOutput(unit="eV",
+                                                                  sample_kind="atom")})
+    with pytest.warns(UserWarning, match="atomic energy uncertainties are larger") as record:
+        atoms.get_potential_energy()
+    flagged = np.flatnonzero(ref["atom_sigma"] > threshold)
+    assert str(flagged.tolist()).replace(",", "") in str(record[0].message).replace(",", "")
+    per_atom = atoms.calc.additional_outputs["energy_uncertainty"].block().values
+    np.testing.assert_allclose(per_atom.detach().numpy()[:, 0], ref["atom_sigma"],
+                               rtol=0, atol=TOL)
+
+
+def test_selected_atoms_give_the_energy_of_those_atoms(exported):
+    """Domain decomposition (LAMMPS): with ``selected_atoms`` the energy is the sum over them."""
+    name, structure, frame = CASES["water"]
+    atoms = read(structure, frame)
+    ref = native_reference(name, atoms)
+    model = mta.load_atomistic_model(str(exported["water"]))
+    calc = metatomic_ase.MetatomicCalculator(model)
+    chosen = np.arange(0, len(atoms), 3)
+    selected = Labels(["system", "atom"], torch.tensor([[0, int(i)] for i in chosen]))
+    out = calc.run_model(atoms, {"energy": mta.ModelOutput(unit="eV", sample_kind="system")},
+                         selected_atoms=selected)
+    value = float(out["energy"].block().values.detach()[0, 0])
+    assert abs(value - ref["energies"][chosen].sum()) < TOL
+
+
+def test_metadata_and_capabilities(exported):
+    model = mta.load_atomistic_model(str(exported["batio3"]))
+    capabilities = model.capabilities()
+    assert sorted(capabilities.atomic_types) == [8, 22, 56]
+    assert capabilities.dtype == "float64"
+    assert capabilities.length_unit == "angstrom"
+    assert abs(capabilities.interaction_range - 5.0) < 1e-12
+    assert {"energy", "energy_ensemble", "energy_uncertainty"} <= set(capabilities.outputs)
+    (request,) = model.requested_neighbor_lists()
+    assert request.full_list and abs(request.cutoff - 5.0) < 1e-12
+    metadata = model.metadata()
+    assert metadata.name == "batio3_two_step"
+    assert any("2602.15747" in ref for ref in metadata.references["architecture"])
+    assert any("batio3_two_step.md" in ref for ref in metadata.references["model"])
+    alpha = torch.load(ROOT / "models" / "batio3_two_step.pt",
+                       weights_only=True)["calibration"]["alpha_energy"]
+    assert float(metadata.extra["alpha_energy"]) == pytest.approx(alpha, rel=1e-12)
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    code = main(["export", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "x.pt")])
+    assert code == 2
+    assert "no such model file" in capsys.readouterr().err
+
+
+NETWORK_ERRORS = ("No matching distribution", "Could not find a version", "NewConnectionError",
+                  "Network is unreachable", "Temporary failure in name resolution",
+                  "Failed to establish a new connection", "ConnectionError")
+CLEAN_SCRIPT = textwrap.dedent("""
+    import json, sys
+    try:
+        import shallow_ensembles  # noqa: F401
+        raise SystemExit("shallow_ensembles is importable: this venv is not clean")
+    except ModuleNotFoundError:
+        pass
+    import ase.io
+    import metatomic.torch as mta
+    from metatomic_ase import MetatomicCalculator
+
+    atoms = ase.io.read(sys.argv[2], sys.argv[3])
+    outputs = {"energy_uncertainty": mta.ModelOutput(unit="eV", sample_kind="system")}
+    atoms.calc = MetatomicCalculator(sys.argv[1], additional_outputs=outputs,
+                                     uncertainty_threshold=None)
+    result = {"energy": atoms.get_potential_energy(),
+              "forces": atoms.get_forces().tolist(),
+              "energy_uncertainty": float(
+                  atoms.calc.additional_outputs["energy_uncertainty"].block().values[0, 0])}
+    print(json.dumps(result))
+""")
+
+
+@pytest.mark.slow
+def test_exported_file_runs_without_this_package(exported, tmp_path):
+    """A fresh venv with only torch, metatomic-torch, metatomic-ase and ase loads and runs the
+    exported water model, and reproduces the native energy, forces and σ."""
+    venv = tmp_path / "clean-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", f"torch=={torch.__version__.split('+')[0]}",
+         "metatomic-torch", "metatomic-ase", "ase"],
+        capture_output=True, text=True, env=env)
+    if install.returncode != 0:
+        text = install.stdout + install.stderr
+        if any(marker in text for marker in NETWORK_ERRORS):
+            pytest.skip(f"cannot install metatomic-torch from the package registry: "
+                        f"{text.strip().splitlines()[-1]}")
+        raise AssertionError(f"pip install in the clean venv failed:\n{text}")
+    script = tmp_path / "run_exported.py"
+    script.write_text(CLEAN_SCRIPT)
+    name, structure, frame = CASES["water"]
+    run = subprocess.run([python, str(script), str(exported["water"]), str(structure),
+                          str(frame)], capture_output=True, text=True, cwd=tmp_path,
+                         env={**env, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    ref = native_reference(name, read(structure, frame))
+    assert abs(result["energy"] - ref["energy"][0]) < TOL
+    assert abs(result["energy_uncertainty"] - ref["energy_uncertainty"][0]) < TOL
+    np.testing.assert_allclose(result["forces"], ref["forces"], rtol=0, atol=TOL)
+
