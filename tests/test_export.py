@@ -20,6 +20,7 @@ from ase.io import read
 from conftest import ETHANOL, ROOT, WATER
 from shallow_ensembles.cli import main
 from shallow_ensembles.data import Batch
+from shallow_ensembles.export import atomistic_model
 from shallow_ensembles.model import load_model
 
 mta = pytest.importorskip("metatomic.torch", reason="the metatomic extra is not installed "
@@ -98,6 +99,65 @@ def test_exported_model_matches_native_through_metatomic_ase(case, exported):
         np.testing.assert_allclose(atoms.get_stress(), ref["stress"][0], rtol=0, atol=TOL)
 
 
+def tiny_kind_model(kind, frames):
+    from test_backbones import build
+
+    model = build(kind, frames)
+    with torch.no_grad():
+        model.alpha_energy.fill_(1.7)  # a visible calibration factor
+    return model
+
+
+KIND_CASES = {"water": (WATER, 3), "batio3": (BATIO3, 2), "ethanol": (ETHANOL, 7)}
+
+
+@pytest.fixture(scope="module")
+def exported_kinds(tmp_path_factory):
+    """A tiny float64 model of every registered backbone kind per system, exported."""
+    from test_backbones import kinds
+
+    folder = tmp_path_factory.mktemp("kinds")
+    done = {}
+    for param in kinds():
+        kind = param.values[0]
+        if any(mark.name == "skipif" and mark.args and mark.args[0] for mark in param.marks):
+            continue
+        for case, (structure, _) in KIND_CASES.items():
+            model = tiny_kind_model(kind, read(structure, ":2"))
+            path = folder / f"{kind}-{case}.pt"
+            atomistic_model(model, "float64").save(str(path))
+            done[kind, case] = (model, path)
+    return done
+
+
+@pytest.mark.parametrize("case", sorted(KIND_CASES))
+@pytest.mark.parametrize("kind", ["power-spectrum", "mace"])
+def test_every_backbone_kind_exports(kind, case, exported_kinds):
+    """Each registered backbone (tiny, float64, α_E = 1.7) agrees with its export."""
+    if (kind, case) not in exported_kinds:
+        pytest.skip(f"the {kind} backbone's optional dependency is not installed")
+    model, path = exported_kinds[kind, case]
+    structure, frame = KIND_CASES[case]
+    atoms = read(structure, frame)
+    atoms.rattle(0.02, seed=5)
+    out = model.predict(Batch.from_atoms(atoms, model.cutoff), forces=True,
+                        stress=bool(atoms.pbc.all()), calibrated=True)
+    atoms.calc = metatomic_calculator(path, uncertainty_threshold=None)
+    energy = atoms.get_potential_energy()
+    extra = atoms.calc.additional_outputs
+    ensemble = extra["energy_ensemble"].block().values.detach().numpy()[0]
+    assert abs(energy - float(out["energy"].detach()[0])) < TOL
+    np.testing.assert_allclose(ensemble, out["energy_ensemble"][0].detach().numpy(), rtol=0,
+                               atol=TOL)
+    np.testing.assert_allclose(float(extra["energy_uncertainty"].block().values.detach()[0, 0]),
+                               float(out["energy_uncertainty"].detach()[0]), rtol=0, atol=TOL)
+    np.testing.assert_allclose(atoms.get_forces(), out["forces"].detach().numpy(), rtol=0,
+                               atol=TOL)
+    if atoms.pbc.all():
+        np.testing.assert_allclose(atoms.get_stress(), out["stress"][0].detach().numpy(),
+                                   rtol=0, atol=TOL)
+
+
 def test_per_atom_uncertainty_reaches_metatomic_ase(exported):
     """metatomic-ase reads the per-atom ``energy_uncertainty`` and warns above its threshold;
     the values are α_E times the spread of each atom's member energies."""
@@ -172,22 +232,25 @@ CLEAN_SCRIPT = textwrap.dedent("""
     import metatomic.torch as mta
     from metatomic_ase import MetatomicCalculator
 
-    atoms = ase.io.read(sys.argv[2], sys.argv[3])
-    outputs = {"energy_uncertainty": mta.ModelOutput(unit="eV", sample_kind="system")}
-    atoms.calc = MetatomicCalculator(sys.argv[1], additional_outputs=outputs,
-                                     uncertainty_threshold=None)
-    result = {"energy": atoms.get_potential_energy(),
-              "forces": atoms.get_forces().tolist(),
-              "energy_uncertainty": float(
-                  atoms.calc.additional_outputs["energy_uncertainty"].block().values[0, 0])}
-    print(json.dumps(result))
+    results = []
+    for model, structure, frame in json.loads(sys.argv[1]):
+        atoms = ase.io.read(structure, frame)
+        outputs = {"energy_uncertainty": mta.ModelOutput(unit="eV", sample_kind="system")}
+        atoms.calc = MetatomicCalculator(model, additional_outputs=outputs,
+                                         uncertainty_threshold=None)
+        sigma = atoms.calc.run_model(atoms, outputs)["energy_uncertainty"].block().values
+        results.append({"energy": atoms.get_potential_energy(),
+                        "forces": atoms.get_forces().tolist(),
+                        "energy_uncertainty": float(sigma.detach()[0, 0])})
+    print(json.dumps(results))
 """)
 
 
 @pytest.mark.slow
-def test_exported_file_runs_without_this_package(exported, tmp_path):
-    """A fresh venv with only torch, metatomic-torch, metatomic-ase and ase loads and runs the
-    exported water model, and reproduces the native energy, forces and σ."""
+def test_exported_file_runs_without_this_package(exported, exported_kinds, tmp_path):
+    """A fresh venv with only torch, metatomic-torch, metatomic-ase and ase (no mace-torch, no
+    e3nn) loads and runs the exported shipped water model and every exported backbone kind, and
+    reproduces the native energy, forces and σ."""
     venv = tmp_path / "clean-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
@@ -205,13 +268,22 @@ def test_exported_file_runs_without_this_package(exported, tmp_path):
     script = tmp_path / "run_exported.py"
     script.write_text(CLEAN_SCRIPT)
     name, structure, frame = CASES["water"]
-    run = subprocess.run([python, str(script), str(exported["water"]), str(structure),
-                          str(frame)], capture_output=True, text=True, cwd=tmp_path,
-                         env={**env, "OMP_NUM_THREADS": "1"})
+    jobs = [(str(exported["water"]), str(structure), frame)]
+    refs = [native_reference(name, read(structure, frame))]
+    for (_, case), (model, path) in sorted(exported_kinds.items()):
+        if case == "batio3":
+            structure, frame = KIND_CASES[case]
+            jobs.append((str(path), str(structure), frame))
+            atoms = read(structure, frame)
+            out = model.predict(Batch.from_atoms(atoms, model.cutoff), calibrated=True)
+            refs.append({k: v.detach().numpy() for k, v in out.items()})
+    run = subprocess.run([python, str(script), json.dumps(jobs)], capture_output=True,
+                         text=True, cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    ref = native_reference(name, read(structure, frame))
-    assert abs(result["energy"] - ref["energy"][0]) < TOL
-    assert abs(result["energy_uncertainty"] - ref["energy_uncertainty"][0]) < TOL
-    np.testing.assert_allclose(result["forces"], ref["forces"], rtol=0, atol=TOL)
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(results) == len(refs)
+    for result, ref in zip(results, refs, strict=True):
+        assert abs(result["energy"] - ref["energy"][0]) < TOL
+        assert abs(result["energy_uncertainty"] - ref["energy_uncertainty"][0]) < TOL
+        np.testing.assert_allclose(result["forces"], ref["forces"], rtol=0, atol=TOL)
 

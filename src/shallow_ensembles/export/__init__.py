@@ -52,9 +52,9 @@ def scripted_module(model: ShallowEnsemble, dtype: str = "float64"):
     if kind == "power-spectrum":
         backbone = ScriptedPowerSpectrum(model.backbone)
     elif kind == "mace":
-        from .scripted_mace import ScriptedMace
+        from .scripted_mace import compiled
 
-        backbone = ScriptedMace(model.backbone)
+        backbone = compiled(model.backbone)
     else:
         raise ConfigError("model.backbone.kind", f"the {kind} backbone has no metatomic export")
     return ScriptedEnsemble(model, backbone).eval()
