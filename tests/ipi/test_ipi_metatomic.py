@@ -1,6 +1,7 @@
 """i-PI's own metatomic client (``i-pi-py_driver -m metatomic``) on the exported shipped water
 model, next to our driver (issue 14): a 10-step NVT run with the same seed gives the same
-positions at every step, to 1e-5 Å, in float64."""
+positions at every step, to 1e-5 Å, in float64; with ``energy_ensemble=true`` the client sends
+the calibrated member energies as ``committee_pot``."""
 
 import os
 import secrets
@@ -11,8 +12,11 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+from ase.units import Hartree
 
 from conftest import ROOT, SHIPPED_MODEL
+from shallow_ensembles import ShallowEnsembleCalculator
+from shallow_ensembles.data.ipi_outputs import read_committee_pot
 from shallow_ensembles.ipi.run import ipi_executable
 
 pytest.importorskip("metatomic.torch", reason="the metatomic extra is not installed "
@@ -21,10 +25,13 @@ pytest.importorskip("vesin.metatomic", reason="i-PI's metatomic client needs ves
 
 STEPS = 10
 TIMEOUT_S = 180
+COMMITTEE_POT = ("<trajectory filename='committee_pot' stride='1' extra_type='committee_pot'> "
+                 "extras </trajectory>")
 DRIVER_FILE = ROOT / "src" / "shallow_ensembles" / "ipi" / "driver.py"
 INPUT = """<simulation verbosity='low'>
   <output prefix='simulation'>
     <trajectory filename='pos' stride='1' format='ase'> positions </trajectory>
+    {extras}
   </output>
   <total_steps> {steps} </total_steps>
   <prng> <seed> 4242 </seed> </prng>
@@ -49,11 +56,11 @@ INPUT = """<simulation verbosity='low'>
 """
 
 
-def run_nvt(folder: Path, driver_args: list[str]) -> list:
+def run_nvt(folder: Path, driver_args: list[str], extras: str = "") -> list:
     """i-PI + one ``i-pi-py_driver`` client; the positions (Å) of every step."""
     folder.mkdir()
     address = f"se-mta-{secrets.token_hex(4)}"
-    (folder / "input.xml").write_text(INPUT.format(steps=STEPS, address=address))
+    (folder / "input.xml").write_text(INPUT.format(steps=STEPS, address=address, extras=extras))
     ase.io.write(folder / "water.extxyz",
                  ase.io.read(ROOT / "md_protocols" / "ipi" / "water_64H2O.extxyz", 0))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -90,7 +97,8 @@ def test_metatomic_client_follows_our_driver(tmp_path):
 
     assert main(["export", str(SHIPPED_MODEL), "--output", str(exported)]) == 0
     theirs = run_nvt(tmp_path / "metatomic", [
-        "-m", "metatomic", "-o", f"template=water.extxyz,model={exported}"])
+        "-m", "metatomic", "-o", f"template=water.extxyz,model={exported},energy_ensemble=true"],
+        extras=COMMITTEE_POT)
     ours = run_nvt(tmp_path / "ours", [
         "-m", "custom", "-P", str(DRIVER_FILE), "-o",
         f"model={SHIPPED_MODEL},template=water.extxyz,dtype=float64,committee=false"])
@@ -101,3 +109,16 @@ def test_metatomic_client_follows_our_driver(tmp_path):
     for step, (a, b) in enumerate(zip(theirs, ours, strict=True)):
         gap = np.abs(a.positions - b.positions).max()
         assert gap < 1e-5, f"step {step}: positions differ by {gap:.3g} Å"
+    # the calibrated members reach i-PI as committee_pot (printed with 9 significant digits)
+    members = read_committee_pot(tmp_path / "metatomic" / "simulation.committee_pot_0")
+    assert members.shape == (STEPS + 1, 8)
+    calc = ShallowEnsembleCalculator(SHIPPED_MODEL, dtype="float64")
+    for step in (0, STEPS):
+        atoms = theirs[step].copy()
+        atoms.calc = calc
+        native = calc.get_property("energy_ensemble", atoms)
+        # i-PI's and ASE's Hartree differ by ~1e-7 (relative): compare the totals to that, and
+        # the calibrated spread about the mean to the print precision
+        np.testing.assert_allclose(members[step], native, rtol=3e-7, atol=0)
+        np.testing.assert_allclose(members[step] - members[step].mean(), native - native.mean(),
+                                   rtol=0, atol=2e-5 * Hartree)
