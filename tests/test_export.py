@@ -8,6 +8,7 @@ Skipped when the ``metatomic`` extra is not installed.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -216,6 +217,19 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     code = main(["export", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "x.pt")])
     assert code == 2
     assert "no such model file" in capsys.readouterr().err
+
+
+def test_readme_metatomic_snippet_runs(tmp_path, monkeypatch, capsys):
+    """The ASE snippet of the README's metatomic section runs on the exported shipped model."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Run in LAMMPS, i-PI or ASE through metatomic", 1)[1].split("\n## ")[0]
+    (block,) = re.findall(r"```py\n(.*?)```", section, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    assert main(["export", str(ROOT / "models" / "water_two_step.pt"), "--output",
+                 "water-metatomic.pt"]) == 0
+    exec(compile(block, "README.md", "exec"), {})  # noqa: S102
+    assert re.search(r"E = -?\d+\.\d+ ± \d+\.\d+ eV over 8 members", capsys.readouterr().out)
 
 
 NETWORK_ERRORS = ("No matching distribution", "Could not find a version", "NewConnectionError",
