@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..model import ShallowEnsemble, load_model
+from ..model import PowerSpectrumBackbone, ShallowEnsemble, load_model
+from ..model.mace_backbone import MaceBackbone
 
 PAPER = "M. Schäfer, M. Kellner, J. Kästner, M. Ceriotti, How to Train a Shallow Ensemble, " \
         "arXiv:2602.15747 (2026)"
@@ -48,15 +49,15 @@ def scripted_module(model: ShallowEnsemble, dtype: str = "float64"):
     if dtype not in DTYPES:
         raise ConfigError("export --dtype", f"expected float32 or float64, got {dtype!r}")
     model = copy.deepcopy(model).to(getattr(torch, dtype)).eval()
-    kind = model.hyperparameters.get("backbone", {}).get("kind", "power-spectrum")
-    if kind == "power-spectrum":
+    if isinstance(model.backbone, PowerSpectrumBackbone):
         backbone = ScriptedPowerSpectrum(model.backbone)
-    elif kind == "mace":
+    elif isinstance(model.backbone, MaceBackbone):
         from .scripted_mace import compiled
 
         backbone = compiled(model.backbone)
     else:
-        raise ConfigError("model.backbone.kind", f"the {kind} backbone has no metatomic export")
+        raise ConfigError("model.backbone.kind", f"{type(model.backbone).__name__} has no "
+                          "metatomic export (known: power-spectrum, mace)")
     return ScriptedEnsemble(model, backbone).eval()
 
 
@@ -77,10 +78,9 @@ def atomistic_model(model: ShallowEnsemble, dtype: str = "float64", name: str = 
         interaction_range=float(model.cutoff), length_unit="angstrom",
         supported_devices=["cpu", "cuda"], dtype=dtype)
     alpha = float(model.alpha_energy)
-    description = (f"Shallow ensemble of {model.n_members} members "
-                   f"({model.hyperparameters.get('backbone', {}).get('kind', 'power-spectrum')} "
-                   f"backbone, cutoff {model.cutoff:g} Å); uncertainties calibrated with "
-                   f"alpha_E = {alpha:.6g}.")
+    kind = "mace" if isinstance(model.backbone, MaceBackbone) else "power-spectrum"
+    description = (f"Shallow ensemble of {model.n_members} members ({kind} backbone, cutoff "
+                   f"{model.cutoff:g} Å); uncertainties calibrated with alpha_E = {alpha:.6g}.")
     references = {"implementation": [IMPLEMENTATION], "architecture": [PAPER, SHALLOW_ENSEMBLES]}
     if card:
         references["model"] = [card]

@@ -37,9 +37,8 @@ class ScriptedMace(nn.Module):
         self.interactions = mace.interactions
         self.products = mace.products
         self.readouts = nn.ModuleList(list(mace.readouts)[:-1])
-        dtype = backbone.scalar_columns.new_zeros(0, dtype=torch.float64).dtype
-        self.scale = float(torch.atleast_1d(mace.scale_shift.scale)[0].to(dtype))
-        self.shift = float(torch.atleast_1d(mace.scale_shift.shift)[0].to(dtype))
+        self.scale = float(torch.atleast_1d(mace.scale_shift.scale)[0])
+        self.shift = float(torch.atleast_1d(mace.scale_shift.shift)[0])
         e0 = mace.atomic_energies_fn.atomic_energies.reshape(-1, self.n_species)[0]
         self.register_buffer("e0", e0.detach().clone())
 
