@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: on these machines ==2.13.0 resolves to the local CPU wheel
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,reference,mace]" || $(PY) -m pip install --quiet -e ".[dev,mace]"
+	$(PY) -m pip install --quiet -e ".[dev,reference,mace,metatomic]" || $(PY) -m pip install --quiet -e ".[dev,mace,metatomic]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,9 +10,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "shallow_ensembles"
 LAYERS = {
     "conventions": 0, "errors": 0, "config": 0, "thresholds": 0, "fileio": 0,
     "data": 1, "model": 2, "metrics": 2, "training": 3, "calibration": 4, "evaluation": 4,
-    "calculator": 5, "md": 6, "ipi": 6, "plots_md": 6,
+    "calculator": 5, "export": 5, "md": 6, "ipi": 6, "plots_md": 6,
     "active_learning": 7, "plots": 7, "plots_al": 7,
     "demo": 8, "cli": 8, "training_cli": 8, "md_cli": 8, "ipi_cli": 8, "al_cli": 8,
+    "export_cli": 8,
     "__init__": 8,
 }
 ALLOWED_EXTRA = {  # same-layer imports that the table allows

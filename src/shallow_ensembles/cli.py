@@ -33,6 +33,7 @@ VERB_MODULES = (
     "shallow_ensembles.md_cli",
     "shallow_ensembles.ipi_cli",
     "shallow_ensembles.al_cli",
+    "shallow_ensembles.export_cli",
 )
 
 
