@@ -6,6 +6,7 @@ forces, stress and σ must equal the native model in float64 to 1e-6 eV (eV/Å, 
 Skipped when the ``metatomic`` extra is not installed.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -37,6 +38,8 @@ CASES = {  # shipped model, structure file, frame
     "batio3": ("batio3_two_step", BATIO3, 2),
     "ethanol": ("ethanol_two_step", ETHANOL, 7),
 }
+if importlib.util.find_spec("mace") is not None:  # the shipped MACE-backed model
+    CASES["ethanol_mace"] = ("ethanol_mace_two_step", ETHANOL, 7)
 TOL = 1e-6  # eV, eV/Å, eV/Å³ (float64)
 
 

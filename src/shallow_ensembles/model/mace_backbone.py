@@ -110,7 +110,7 @@ class MaceBackbone(nn.Module):
         self.register_buffer("species_index", lookup, persistent=False)
 
     def forward(self, batch: Batch, edge_vectors: torch.Tensor):
-        """Features h (N, C) and the shared per-atom energy (N,) eV."""
+        """Features h (N, C) and the shared per-atom energy (N,) eV, float64."""
         mace = self.mace
         dtype = edge_vectors.dtype
         node_attrs = nn.functional.one_hot(self.species_index[batch.numbers],
@@ -142,7 +142,9 @@ class MaceBackbone(nn.Module):
         scale = torch.atleast_1d(mace.scale_shift.scale)[0].to(dtype)
         shift = torch.atleast_1d(mace.scale_shift.shift)[0].to(dtype)
         e0 = mace.atomic_energies_fn.atomic_energies.reshape(-1, len(self.species))[0]
-        shared = scale * shared + shift + e0.to(dtype)[self.species_index[batch.numbers]]
+        # E0 (~10³ eV per atom) is added in float64: in float32 it would round away the
+        # position-dependent part (~10⁻⁴ eV steps, i.e. noisy finite-difference forces)
+        shared = (scale * shared + shift).double() + e0.double()[self.species_index[batch.numbers]]
         return feats[-1][:, self.scalar_columns], shared
 
 
