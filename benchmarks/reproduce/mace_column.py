@@ -177,20 +177,58 @@ def main() -> None:
 
 def inference(system, mace_model: Path, data: dict[str, Path]) -> dict[str, dict]:
     """ms per ASE call (E + F + σ_E; with member forces) and Langevin MD steps/s on the first
-    test frame (``benchmarks/peers/ours_peer.py``, 1 thread): the MACE two-step model and the
-    shipped built-in model measured now; apax and metatrain from ``peers_SYSTEM.json``."""
-    from peers import timings
-
+    test frame, 1 thread, in CPU time (the wall time of an idle machine, also on a busy one):
+    the MACE two-step model and the shipped built-in model measured now; apax and metatrain
+    from ``peers_SYSTEM.json`` (wall time, measured for that table on an idle machine)."""
     ours = {"MACE two-step (this run)": mace_model,
             "built-in two-step (models/)": RESULTS.parents[1] / "models" /
             f"{system.name}_two_step.pt"}
-    speed = {name: timings(Path(sys.executable), "ours_peer.py", model, data["test"], 100)
-             for name, model in ours.items()}
+    speed = {name: cpu_timings(model, data["test"]) for name, model in ours.items()}
     for name, row in load_json(RESULTS / f"peers_{system.name}.json").items():
         if "converged" in name:
             speed[name + " (peers table)"] = {k: row[k] for k in
                                               ("ms_call", "ms_call_members", "md_steps_per_s")}
     return speed
+
+
+def cpu_timings(model: Path, structure: Path, repeat: int = 20, steps: int = 100) -> dict:
+    """The measurements of ``benchmarks/peers/timing.py`` in process CPU time."""
+    import time
+
+    import numpy as np
+    import torch
+    from ase import units
+    from ase.io import read
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from shallow_ensembles import ShallowEnsembleCalculator
+
+    torch.set_num_threads(1)
+    atoms = read(structure, 0)
+    atoms.calc = None
+    out = {}
+    for key, members in (("ms_call", False), ("ms_call_members", True)):
+        calc = ShallowEnsembleCalculator(model, always_member_forces=members)
+        rng, base, times = np.random.default_rng(0), atoms.get_positions(), []
+        for i in range(repeat + 3):
+            atoms.set_positions(base + 1e-3 * rng.standard_normal(base.shape))
+            calc.reset()
+            start = time.process_time()
+            calc.calculate(atoms, ["energy", "forces", "energy_uncertainty"], ["positions"])
+            if i >= 3:
+                times.append(time.process_time() - start)
+        out[key] = 1000 * float(np.median(times))
+    md = atoms.copy()
+    md.calc = ShallowEnsembleCalculator(model)
+    MaxwellBoltzmannDistribution(md, temperature_K=300, rng=np.random.default_rng(0))
+    dyn = Langevin(md, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs,
+                   fixcm=False, rng=np.random.default_rng(1))
+    dyn.run(5)
+    start = time.process_time()
+    dyn.run(steps)
+    out["md_steps_per_s"] = steps / (time.process_time() - start)
+    return out
 
 
 def report(system, rows: dict, stage1_s: float, arch: dict, speed: dict) -> None:
@@ -242,8 +280,8 @@ def speed_lines(speed: dict) -> list[str]:
     """The inference table (empty without measurements)."""
     if not speed:
         return []
-    lines = ["ASE calls and MD on the first test frame, 1 thread (wall ms; the peers' rows "
-             "were measured for their table, this project's now):", "",
+    lines = ["ASE calls and MD on the first test frame, 1 thread (this project's rows: CPU ms, "
+             "measured now; the peers' rows: wall ms on an idle machine, from their table):", "",
              "| model | ms/call E+F+σ_E | ms/call + member F | MD steps/s |", "|---|---|---|---|"]
     lines += [f"| {name} | {r['ms_call']:.1f} | {r['ms_call_members']:.1f} | "
               f"{r['md_steps_per_s']:.0f} |" for name, r in speed.items()]
