@@ -268,6 +268,10 @@ def report(system, rows: dict, stage1_s: float, arch: dict, speed: dict) -> None
         ("Built-in power-spectrum backbone on the same split (`" + system.name + ".md`), best "
          f"test force RMSE: {best[0]} {best[1]['rmse_f_meV_A']:.1f} meV/Å in "
          f"{best[1]['time_s']:.0f} CPU s." if best else ""), "",
+        *[f"**{name} did not fit** (test force RMSE {row['rmse_f_meV_A']:.0f} meV/Å, over 2× "
+          "the built-in backbone's best): its RLL and time to target say nothing about "
+          "calibration at a useful accuracy." for name, row in table.items()
+          if best and row["rmse_f_meV_A"] > 2 * best[1]["rmse_f_meV_A"]], "",
         *speed_lines(speed),
         f"Command: `python benchmarks/reproduce/mace_column.py {system.name}`"])
     write_report(f"mace_{system.name}", text, {"rows": table, "target_rll_f": target,
