@@ -118,25 +118,25 @@ def test_float32_network_sums_energies_in_float64():
                                                                   rel=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["energy-nll", "force-nll"])
-@pytest.mark.parametrize("force_nll", ["component", "full"])
-def test_shared_last_layer_is_solved_at_the_stage_optimum(ethanol_frames, kind, force_nll):
+@pytest.mark.parametrize(("kind", "force_nll", "beta"), [
+    ("energy-nll", "component", 0.0), ("energy-nll", "component", 0.5),
+    ("force-nll", "component", 0.0), ("force-nll", "full", 0.5)])
+def test_shared_last_layer_is_solved_at_the_stage_optimum(ethanol_frames, kind, force_nll, beta):
     """After the closed-form solve, the autograd gradient of the stage loss (all frames in one
-    batch, so that its means are the solve's) in the shared directions — every head moved by
-    the same δ, and the shift β — vanishes; a second call moves nothing; a known displacement
-    of the mean head and of β is undone, energies and forces alike."""
+    batch, so that its means, β-NLL normaliser included, are the solve's) in the shared
+    directions — every head moved by the same δ, and the shift β — vanishes; a second call
+    moves nothing; a known displacement of the mean head and of β is undone, energies and
+    forces alike."""
     from shallow_ensembles.config import LossConfig
     from shallow_ensembles.data.batch import collate
     from shallow_ensembles.training.init import solve_shared_last_layer
     from shallow_ensembles.training.objectives import stage_loss
 
-    if kind == "energy-nll" and force_nll == "full":
-        pytest.skip("the force NLL variant only matters in force-nll stages")
     model = tiny_model(frames=ethanol_frames[:5])
     with torch.no_grad():
         model.scale.copy_(torch.tensor([0.7, 1.3, 0.9], dtype=model.dtype))
     graphs = graphs_from_atoms(read_structures(ETHANOL)[:24], model.cutoff)
-    loss = LossConfig(force_nll=force_nll)
+    loss = LossConfig(force_nll=force_nll, energy_nll_beta=beta)
     batch = collate(graphs, dtype=model.dtype)
 
     def shared_gradient():

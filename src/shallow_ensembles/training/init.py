@@ -167,10 +167,12 @@ def solve_shared_last_layer(model: ShallowEnsemble, graphs: Sequence[Graph], los
     (``structure_features`` x_k) and each mean force by −J δ (J = ∂G/∂R, ``feature_jacobian``)
     and changes no σ, so the stage loss is quadratic in (δ, Δβ): its optimum solves the normal
     equations Σ c (a·(δ, Δβ) − r) a = 0 over the rows of the loss, with weights
-    c = w_E [½ N^(−a_NLL)/σ_k² + λ N^(−a)] / S for energies (``kind`` energy-nll and force-nll:
-    the NLL and the anchor λ) and, for force components, c = w_F ½ P / (3 N_atoms) with P the
-    precision of the force NLL (``loss.force_nll``: 1/σ² per component, isotropic, or the full
-    3×3) in force-nll stages, c = w_F / (3 N_atoms) for the mean-force MSE of energy-nll stages.
+    c = w_E [½ b_k N^(−a_NLL)/σ_k² + λ N^(−a)] / S for energies (``kind`` energy-nll and
+    force-nll: the NLL and the anchor λ; b_k: the β-NLL weights of ``loss.energy_nll_beta``,
+    normalised by the mean variance over ``graphs``) and, for force components,
+    c = w_F ½ P / (3 N_atoms) with P the precision of the force NLL (``loss.force_nll``: 1/σ²
+    per component, isotropic, or the full 3×3) in force-nll stages, c = w_F / (3 N_atoms) for
+    the mean-force MSE of energy-nll stages.
     Near-null directions (features that move neither energies nor forces) get no step
     (pseudo-inverse, relative cut-off 1e-10). At the optimum the step is zero: it changes a
     model only where training left the shared last layer short of it. Why: in NLL stages the
@@ -191,6 +193,7 @@ def solve_shared_last_layer(model: ShallowEnsemble, graphs: Sequence[Graph], los
     hessian = torch.zeros(size, size, dtype=torch.float64)
     gradient = torch.zeros(size, dtype=torch.float64)
     n_components = 3 * sum(int(g.numbers.shape[0]) for g in graphs)
+    mean_variance = _mean_energy_variance(model, graphs, loss, batch_size)
     for start in range(0, len(graphs), batch_size):
         batch = collate(graphs[start:start + batch_size], dtype=model.dtype)
         member = with_head and kind == "force-nll"
@@ -205,8 +208,9 @@ def solve_shared_last_layer(model: ShallowEnsemble, graphs: Sequence[Graph], los
             x = model.structure_features(batch).detach().double()
             rows = torch.cat([n[:, None] * x, rows], 1)
         variance = totals.var(1, correction=1).clamp_min(loss.variance_floor)
+        beta = (variance / mean_variance) ** loss.energy_nll_beta  # β-NLL weights
         weight = loss.energy_weight / len(graphs) * (
-            0.5 * n ** -loss.nll_atom_exponent / variance
+            0.5 * beta * n ** -loss.nll_atom_exponent / variance
             + loss.energy_anchor * n ** -loss.atom_exponent)
         residual = batch.energy - totals.mean(1)
         hessian += rows.T @ (weight[:, None] * rows)
@@ -234,6 +238,20 @@ def solve_shared_last_layer(model: ShallowEnsemble, graphs: Sequence[Graph], los
         model.head.weight += delta.to(model.head.weight)
         model.shift += shift.to(model.shift)
     return delta, shift
+
+
+def _mean_energy_variance(model: ShallowEnsemble, graphs: Sequence[Graph], loss: LossConfig,
+                          batch_size: int) -> torch.Tensor:
+    """Mean over ``graphs`` of the floored member-energy variance (the β-NLL normaliser; the
+    training loss takes it per batch), eV²; 1 when ``loss.energy_nll_beta`` is 0."""
+    if not loss.energy_nll_beta:
+        return torch.tensor(1.0, dtype=torch.float64)
+    total = torch.tensor(0.0, dtype=torch.float64)
+    for start in range(0, len(graphs), batch_size):
+        batch = collate(graphs[start:start + batch_size], dtype=model.dtype)
+        totals = model.predict(batch, forces=False)["energy_ensemble"].detach()
+        total += totals.var(1, correction=1).clamp_min(loss.variance_floor).sum()
+    return total / len(graphs)
 
 
 def _force_precision(forces: torch.Tensor, loss: LossConfig) -> torch.Tensor:
