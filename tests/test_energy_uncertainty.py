@@ -118,27 +118,48 @@ def test_float32_network_sums_energies_in_float64():
                                                                   rel=1e-9)
 
 
-def test_shared_shift_is_solved_at_the_energy_optimum(ethanol_frames):
-    """The closed-form shift puts the energy terms at their optimum in β (a second call moves
-    nothing), and undoes a known displacement of β from that optimum."""
+@pytest.mark.parametrize(("kind", "force_nll", "beta"), [
+    ("energy-nll", "component", 0.0), ("energy-nll", "component", 0.5),
+    ("force-nll", "component", 0.0), ("force-nll", "full", 0.5)])
+def test_shared_last_layer_is_solved_at_the_stage_optimum(ethanol_frames, kind, force_nll, beta):
+    """After the closed-form solve, the autograd gradient of the stage loss (all frames in one
+    batch, so that its means, β-NLL normaliser included, are the solve's) in the shared
+    directions — every head moved by the same δ, and the shift β — vanishes; a second call
+    moves nothing; a known displacement of the mean head and of β is undone, energies and
+    forces alike."""
     from shallow_ensembles.config import LossConfig
-    from shallow_ensembles.training.init import solve_shared_shift
+    from shallow_ensembles.data.batch import collate
+    from shallow_ensembles.training.init import solve_shared_last_layer
+    from shallow_ensembles.training.objectives import stage_loss
 
     model = tiny_model(frames=ethanol_frames[:5])
     with torch.no_grad():
         model.scale.copy_(torch.tensor([0.7, 1.3, 0.9], dtype=model.dtype))
     graphs = graphs_from_atoms(read_structures(ETHANOL)[:24], model.cutoff)
-    loss = LossConfig()
-    batch = Batch.from_atoms(ethanol_frames[:24], model.cutoff)
+    loss = LossConfig(force_nll=force_nll, energy_nll_beta=beta)
+    batch = collate(graphs, dtype=model.dtype)
 
-    def energies():
-        return model.predict(batch, forces=False)["energy"].detach()
+    def shared_gradient():
+        model.zero_grad()
+        total, _ = stage_loss(model, batch, kind, loss, training=True)
+        total.backward()
+        return torch.cat([model.head.weight.grad.sum(0), model.shift.grad])
 
-    solve_shared_shift(model, graphs, loss)
-    optimum = energies()
-    assert solve_shared_shift(model, graphs, loss).abs().max() < 1e-8
+    def prediction():
+        out = model.predict(batch, forces=True)
+        return out["energy"].detach(), out["forces"].detach()
+
+    before = shared_gradient().abs().max()
+    solve_shared_last_layer(model, graphs, loss, kind)
+    assert shared_gradient().abs().max() < 1e-6 * before
+    energies, forces = prediction()
+    delta, shift = solve_shared_last_layer(model, graphs, loss, kind)
+    assert max(delta.abs().max(), shift.abs().max()) < 1e-8
     with torch.no_grad():
         model.shift += torch.tensor([0.01, 0.02, 0.005], dtype=model.dtype)
-    assert (energies() - optimum).abs().min() > 0.05
-    solve_shared_shift(model, graphs, loss)  # one composition: only Σ_Z n_Z s_Z β_Z is fixed
-    torch.testing.assert_close(energies(), optimum, rtol=0, atol=1e-8)
+        model.head.weight += 0.05
+    assert (prediction()[0] - energies).abs().min() > 0.05
+    solve_shared_last_layer(model, graphs, loss, kind)
+    # one composition: only Σ_Z n_Z s_Z β_Z is fixed, so compare predictions, not parameters
+    torch.testing.assert_close(prediction()[0], energies, rtol=0, atol=1e-7)
+    torch.testing.assert_close(prediction()[1], forces, rtol=0, atol=1e-7)

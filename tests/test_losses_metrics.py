@@ -173,3 +173,23 @@ def test_force_nll_stage_keeps_the_stress_term_and_crps_is_selectable():
     assert parts["energy"] == pytest.approx(energy, rel=1e-10)
     assert parts["forces"] == pytest.approx(force, rel=1e-10)
     assert float(total.detach()) == pytest.approx(energy + force + 2.0 * stress_mse, rel=1e-10)
+
+
+def test_beta_nll_with_beta_one_pulls_every_mean_like_an_mse():
+    """β = 1: the gradient of the weighted energy NLL with respect to each structure's mean is
+    r / mean σ² (the same constant for every structure, whatever its own σ), as for an MSE."""
+    from shallow_ensembles.config import LossConfig
+    from shallow_ensembles.errors import ConfigError
+    from shallow_ensembles.training.objectives import _energy_score
+
+    torch.manual_seed(0)
+    spread = torch.tensor([0.1, 1.0, 5.0], dtype=torch.float64)[:, None]
+    members = (torch.randn(3, 6, dtype=torch.float64) * spread).requires_grad_(True)
+    target = torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    _energy_score(members, target, LossConfig(energy_nll_beta=1.0)).sum().backward()
+    mean_grad = members.grad.sum(1)  # d/d(shift of all members of a structure)
+    residual = (target - members.detach().mean(1))
+    variance = members.detach().var(1, correction=1)
+    torch.testing.assert_close(mean_grad, -residual / variance.mean(), rtol=1e-10, atol=0)
+    with pytest.raises(ConfigError, match="energy_nll_beta"):
+        LossConfig(energy_nll_beta=1.5)

@@ -36,6 +36,12 @@ def energy_nll(members: torch.Tensor, target: torch.Tensor, floor: float = 1e-6)
     return gaussian_nll(members.mean(1), members.var(1, correction=DDOF), target, floor)
 
 
+def beta_weights(variance: torch.Tensor, beta: float) -> torch.Tensor:
+    """β-NLL weights (σ_k² / mean σ²)^β, detached, (S,), from variances (S,) (Seitzer 2022)."""
+    variance = variance.detach()
+    return (variance / variance.mean()) ** beta
+
+
 def force_nll(members: torch.Tensor, target: torch.Tensor, kind: str = "component",
               floor: float = 1e-6, jitter: float = 1e-6) -> torch.Tensor:
     """Per-atom force NLL, (N,), from member forces (M, N, 3) and targets (N, 3) eV/Å.

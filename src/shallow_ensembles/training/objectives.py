@@ -125,7 +125,11 @@ def _energy_score(members: torch.Tensor, target: torch.Tensor, cfg: LossConfig) 
     if cfg.uncertainty_loss == "crps":
         sigma = members.var(1, correction=DDOF).clamp_min(cfg.variance_floor).sqrt()
         return losses.gaussian_crps(members.mean(1), sigma, target)
-    return losses.energy_nll(members, target, cfg.variance_floor)
+    nll = losses.energy_nll(members, target, cfg.variance_floor)
+    if cfg.energy_nll_beta:
+        variance = members.var(1, correction=DDOF).clamp_min(cfg.variance_floor)
+        nll = nll * losses.beta_weights(variance, cfg.energy_nll_beta)
+    return nll
 
 
 def _force_score(members: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:

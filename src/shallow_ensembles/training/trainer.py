@@ -29,7 +29,7 @@ from ..data.batch import Graph, collate
 from ..fileio import atomic_path
 from ..metrics import nll_scale, rll
 from ..model import ShallowEnsemble
-from .init import centre_features, solve_shared_shift
+from .init import centre_features, solve_shared_last_layer
 from .objectives import rescale_spread, stage_loss
 
 LOG = logging.getLogger(__name__)
@@ -181,9 +181,10 @@ class Trainer:
         drift within an epoch, and for large structures (whose per-species mean features vary
         little from frame to frame) even a small drift would give each member a constant
         offset. Centring never changes the mean prediction (the shared shift absorbs it). NLL
-        stages then solve the shared shift at the optimum of their energy terms
-        (:func:`~shallow_ensembles.training.init.solve_shared_shift`, a no-op where training
-        reached it).
+        stages then solve the shared last layer (mean head and shift) at the optimum of their
+        loss with every σ fixed
+        (:func:`~shallow_ensembles.training.init.solve_shared_last_layer`, a no-op where
+        training reached it).
         """
         loss_cfg, patience, monitor = self.stage_settings(stage)
         params = self._parameters(stage)
@@ -240,11 +241,13 @@ class Trainer:
                  "move %.3g; the mean prediction is unchanged, member offsets are removed)",
                  stage_index, moved)
         if stage.kind in ("energy-nll", "force-nll") and loss_cfg.uncertainty_loss == "nll":
-            delta = solve_shared_shift(self.model, self.train, loss_cfg)
-            LOG.info("stage %d: shared per-element shift moved to the optimum of the energy "
-                     "terms (Δβ = %s; zero when training had reached it)", stage_index,
+            delta, shift = solve_shared_last_layer(self.model, self.train, loss_cfg, stage.kind)
+            LOG.info("stage %d: shared last layer moved to the optimum of the stage loss with "
+                     "σ fixed (|δ w̄| = %.3g of |w̄| = %.3g; Δβ = %s; zero when training had "
+                     "reached it)", stage_index, float(delta.norm()),
+                     float(self.model.head.weight.detach().mean(0).norm()),
                      ", ".join(f"{z}: {d:+.3g}" for z, d in zip(self.model.species,
-                                                               delta.tolist(), strict=True)))
+                                                               shift.tolist(), strict=True)))
 
     def _epoch(self, stage_index, stage, module, optimizer, progress, loss_cfg, monitor) -> dict:
         start, cpu_start = time.perf_counter(), time.process_time()
