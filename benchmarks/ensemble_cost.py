@@ -39,6 +39,14 @@ def median_ms(fn, calls: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def print_results(results: dict, json_path: str | None) -> None:
+    """One line per result; the same as JSON in ``json_path`` when given."""
+    for key, value in results.items():
+        print(f"{key:28s} {value:.4g}" if isinstance(value, float) else f"{key:28s} {value}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1))
+
+
 def model_with(n_members: int, reference: ShallowEnsemble | None = None) -> ShallowEnsemble:
     torch.manual_seed(0)
     model = ShallowEnsemble.from_config(ModelConfig(n_members=n_members), [1, 8])
@@ -83,10 +91,7 @@ def main() -> None:
         calls = args.calls if n < 4 else max(5, args.calls // 4)
         ms = median_ms(lambda b=big_batch: base.predict(b, forces=True), calls)
         results[f"ms_per_atom_{len(big)}"] = ms / len(big)
-    for key, value in results.items():
-        print(f"{key:28s} {value:.4g}" if isinstance(value, float) else f"{key:28s} {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ interactions, r_max 5 Å, float32, medians of ``--calls`` calls, CPU time):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import ase.io
 import torch
 from ase.build import make_supercell
-from ensemble_cost import WATER
+from ensemble_cost import WATER, print_results
 
 from shallow_ensembles.config import ModelConfig
 from shallow_ensembles.data import Batch
@@ -75,10 +73,7 @@ def main() -> None:
         big_batch = Batch.from_atoms(big, 5.0, dtype=torch.float32)
         ms = median_ms(lambda b=big_batch: model.predict(b, forces=True), args.calls)
         results[f"ms_per_atom_{len(big)}"] = ms / len(big)
-    for key, value in results.items():
-        print(f"{key:28s} {value:.4g}" if isinstance(value, float) else f"{key:28s} {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -299,17 +299,8 @@ class ShallowEnsemble(nn.Module):
 
     def explicit_row_gradients(self, batch: Batch, basis: torch.Tensor, stress: bool = False,
                                create_graph: bool = False):
-        """Position (and strain) gradients of K rows r_k = Σ_i s_Z basis_k · g_i per structure,
-        through the backbone's ``explicit_vjp`` (the bottleneck's VJP is closed-form here).
-
-        Parameters
-        ----------
-        basis : (K, d)
-
-        Returns
-        -------
-        d_pos : (K, N, 3), ∂r_k/∂R; virial : (K, S, 3, 3), ∂r_k/∂ε, or None
-        """
+        """:meth:`row_gradients` through the backbone's ``explicit_vjp`` (the bottleneck's VJP
+        is closed-form here)."""
         scale = self.scale[self.species_index[batch.numbers]]  # (N,)
 
         def cotangents_of(features):  # (N, F) → ∂r_k/∂f_i, (K, N, F)
