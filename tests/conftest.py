@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import ase.io
+import numpy as np
 import pytest
 import torch
 from ase import Atoms
@@ -36,6 +37,40 @@ def tiny_model(species=(1, 6, 8), n_members=4, bottleneck=3, cutoff=4.0, seed=0,
         # non-unit per-element scales s_Z, so that tests see them in energies and forces
         model.scale.copy_(torch.linspace(0.6, 1.4, len(model.species), dtype=model.dtype))
     return model
+
+
+def member_energies(model, atoms):
+    """Member total energies (M,) eV of one structure, numpy."""
+    out = model.predict(Batch.from_atoms(atoms, model.cutoff), forces=False)
+    return out["energy_ensemble"][0].detach().numpy()
+
+
+def fd_member_forces(model, atoms, h=1e-5):
+    """Member forces (M, N, 3) eV/Å by central differences of the member energies."""
+    fd = np.zeros((model.n_members, len(atoms), 3))
+    for a in range(len(atoms)):
+        for x in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[a, x] += h
+            minus.positions[a, x] -= h
+            fd[:, a, x] = -(member_energies(model, plus) - member_energies(model, minus)) / (2 * h)
+    return fd
+
+
+def fd_member_stress(model, atoms, h=1e-6):
+    """Member Voigt stresses (M, 6) eV/Å³ by central differences in the symmetric strain."""
+    fd = np.zeros((model.n_members, 6))
+    for k, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
+        results = []
+        for sign in (1, -1):
+            strain = np.eye(3)
+            strain[a, b] += sign * h / (1 if a == b else 2)
+            strain[b, a] += 0 if a == b else sign * h / 2
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+            results.append(member_energies(model, strained))
+        fd[:, k] = (results[0] - results[1]) / (2 * h) / atoms.get_volume()
+    return fd
 
 
 @pytest.fixture(scope="session")

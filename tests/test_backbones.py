@@ -13,7 +13,7 @@ import pytest
 import torch
 from ase.io import read
 
-from conftest import ETHANOL, ROOT
+from conftest import ETHANOL, ROOT, fd_member_forces, fd_member_stress
 from shallow_ensembles.config import ModelConfig
 from shallow_ensembles.data import Batch, graphs_from_atoms
 from shallow_ensembles.model import BACKBONES, ShallowEnsemble, load_model, save_model
@@ -75,23 +75,12 @@ def test_every_kind_has_tiny_options():
     assert sorted(TINY) == sorted(BACKBONES)
 
 
-def member_energies(model, atoms):
-    out = model.predict(Batch.from_atoms(atoms, model.cutoff), forces=False)
-    return out["energy_ensemble"][0].detach().numpy()
-
-
 @pytest.mark.parametrize("kind", kinds())
 def test_forces_are_finite_differences_of_member_energies(kind, molecules):
     model = build(kind, molecules)
     atoms = molecules[0]
     out = model.predict(Batch.from_atoms(atoms, model.cutoff), member_forces=True)
-    h, fd = 1e-5, np.zeros((model.n_members, len(atoms), 3))
-    for a in range(len(atoms)):
-        for x in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[a, x] += h
-            minus.positions[a, x] -= h
-            fd[:, a, x] = -(member_energies(model, plus) - member_energies(model, minus)) / (2 * h)
+    fd = fd_member_forces(model, atoms)
     members = out["forces_ensemble"].detach().numpy()
     np.testing.assert_allclose(members, fd, atol=1e-6)
     np.testing.assert_allclose(out["forces"].detach().numpy(), fd.mean(0), atol=1e-6)
@@ -103,18 +92,7 @@ def test_stress_is_the_strain_derivative(kind, crystals):
     model = build(kind, crystals)
     atoms = crystals[0]
     out = model.predict(Batch.from_atoms(atoms, model.cutoff), stress=True, member_forces=True)
-    h, volume = 1e-6, atoms.get_volume()
-    fd = np.zeros((model.n_members, 6))
-    for k, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
-        energies = []
-        for sign in (1, -1):
-            strain = np.eye(3)
-            strain[a, b] += sign * h / (1 if a == b else 2)
-            strain[b, a] += 0 if a == b else sign * h / 2
-            strained = atoms.copy()
-            strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-            energies.append(member_energies(model, strained))
-        fd[:, k] = (energies[0] - energies[1]) / (2 * h) / volume
+    fd = fd_member_stress(model, atoms)
     np.testing.assert_allclose(out["stress_ensemble"][:, 0].detach().numpy(), fd, atol=1e-7)
     np.testing.assert_allclose(out["stress"][0].detach().numpy(), fd.mean(0), atol=1e-7)
 

@@ -6,7 +6,8 @@ import torch
 from ase import Atoms
 from ase.build import bulk, make_supercell
 
-from conftest import tiny_model
+from conftest import fd_member_forces, fd_member_stress, tiny_model
+from conftest import member_energies as energies
 from shallow_ensembles.data import Batch
 
 
@@ -19,25 +20,13 @@ def water_cell(seed=0):
     return atoms
 
 
-def energies(model, atoms):
-    out = model.predict(Batch.from_atoms(atoms, model.cutoff), forces=False)
-    return out["energy_ensemble"][0].detach().numpy()
-
-
 @pytest.mark.parametrize("periodic", [True, False])
 def test_member_and_mean_forces_match_finite_differences(periodic, ethanol_frames):
     model = tiny_model(species=(1, 6, 8), frames=ethanol_frames[:3])
     atoms = water_cell() if periodic else ethanol_frames[0].copy()
     batch = Batch.from_atoms(atoms, model.cutoff)
     out = model.predict(batch, forces=True, member_forces=True)
-    h = 1e-5
-    fd = np.zeros((model.n_members, len(atoms), 3))
-    for a in range(len(atoms)):
-        for x in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[a, x] += h
-            minus.positions[a, x] -= h
-            fd[:, a, x] = -(energies(model, plus) - energies(model, minus)) / (2 * h)
+    fd = fd_member_forces(model, atoms)
     members = out["forces_ensemble"].detach().numpy()
     np.testing.assert_allclose(members, fd, atol=1e-6)
     np.testing.assert_allclose(out["forces"].detach().numpy(), fd.mean(0), atol=1e-6)
@@ -50,21 +39,7 @@ def test_stress_matches_strain_finite_differences(ethanol_frames):
     atoms = water_cell(1)
     out = model.predict(Batch.from_atoms(atoms, model.cutoff), forces=True, stress=True,
                         member_forces=True)
-    h = 1e-6
-    volume = atoms.get_volume()
-    fd = np.zeros((model.n_members, 6))
-    voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
-    for k, (a, b) in enumerate(voigt):
-        results = []
-        for sign in (1, -1):
-            strain = np.eye(3)
-            strain[a, b] += sign * h / (2 if a != b else 1)
-            if a != b:
-                strain[b, a] += sign * h / 2
-            strained = atoms.copy()
-            strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-            results.append(energies(model, strained))
-        fd[:, k] = (results[0] - results[1]) / (2 * h) / volume
+    fd = fd_member_stress(model, atoms)
     np.testing.assert_allclose(out["stress_ensemble"][:, 0].detach().numpy(), fd, atol=1e-7)
     np.testing.assert_allclose(out["stress"][0].detach().numpy(), fd.mean(0), atol=1e-7)
     assert np.abs(fd).max() > 1e-4
