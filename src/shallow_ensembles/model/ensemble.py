@@ -267,23 +267,17 @@ class ShallowEnsemble(nn.Module):
             features, shared_energy = self._features(batch, edges)
             rows = list((self._structure_sums(features, batch) @ basis.T).T)
             if shared != "none":
-                total = self._structure_sums_plain(shared_energy, batch)
+                total = sum_per_structure(shared_energy, batch)
                 rows = [row + total for row in rows] if shared == "add" else rows + [total]
             grads = [torch.autograd.grad(row.sum(), inputs, retain_graph=True,
                                          create_graph=create_graph) for row in rows]
         d_pos = torch.stack([g[0] for g in grads])
         return d_pos, torch.stack([g[1] for g in grads]) if stress else None
 
-    @staticmethod
-    def _structure_sums_plain(values: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Σ_i over the atoms of each structure, (N,) → (S,)."""
-        return values.new_zeros(batch.n_structures).index_add(0, batch.structure, values)
-
     def _structure_sums(self, features: torch.Tensor, batch: Batch) -> torch.Tensor:
         """G = Σ_i s_Z g_i per structure, (S, d)."""
-        scaled = self.scale[self.species_index[batch.numbers], None] * features
-        return scaled.new_zeros(batch.n_structures, scaled.shape[1]).index_add(
-            0, batch.structure, scaled)
+        return sum_per_structure(self.scale[self.species_index[batch.numbers], None] * features,
+                                 batch)
 
     def _row_basis(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rows whose position gradients give the member forces, and how to mix them.
@@ -330,7 +324,7 @@ class ShallowEnsemble(nn.Module):
         per_atom = self.composition[z].double() + (self.scale[z] * self.shift[z]).double()
         if getattr(self.backbone, "shares_energy", False):
             per_atom = per_atom + self._features(batch)[1].double()
-        return per_atom.new_zeros(batch.n_structures).index_add(0, batch.structure, per_atom)
+        return sum_per_structure(per_atom, batch)
 
     def species_feature_sums(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-species sums of the features g_i (n_species, d) and atom counts (n_species,)."""
@@ -375,10 +369,15 @@ def _stress_from_virial(d_strain: torch.Tensor, batch: Batch) -> torch.Tensor:
     return torch.where(periodic[:, None], stress, torch.full_like(stress, float("nan")))
 
 
+def sum_per_structure(values: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Σ_i over the atoms of each structure, (N, ...) → (S, ...), in the dtype of ``values``."""
+    return values.new_zeros((batch.n_structures, *values.shape[1:])).index_add(
+        0, batch.structure, values)
+
+
 def summarize_energies(atom_energies: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
     """Member totals (S, M), mean (S,), σ (S,) with ddof=1 and mean per-atom energies (N,)."""
-    totals = atom_energies.new_zeros(batch.n_structures, atom_energies.shape[1]).index_add(
-        0, batch.structure, atom_energies)
+    totals = sum_per_structure(atom_energies, batch)
     n_members = atom_energies.shape[1]
     std = totals.std(dim=1, correction=DDOF) if n_members > DDOF else torch.zeros_like(totals[:, 0])
     return {
