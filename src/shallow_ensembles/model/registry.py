@@ -69,6 +69,11 @@ def backbone_spec(options) -> dict:
     raise ValueError(f"{type(options).__name__} is not the options class of a registered backbone")
 
 
+def resolved_spec(spec: dict | None, path: str = "model.backbone") -> dict:
+    """``spec`` checked against its kind's options and completed with their defaults."""
+    return backbone_spec(resolve_options(spec, path))
+
+
 def build_backbone(spec: dict | None, species, batch=None, path: str = "model.backbone"):
     """Build the backbone of ``spec`` for ``species`` (optionally fitted to ``batch``)."""
     options = resolve_options(spec, path)

@@ -24,7 +24,7 @@ from ..data.split import load_split, make_split, save_split, shared_frames
 from ..errors import ConfigError, DataError, ModelFileError
 from ..model import ShallowEnsemble, save_model
 from ..model.io import file_sha256, load_error_summary, load_initial_model
-from ..model.registry import backbone_spec, cutoff_of, resolve_options
+from ..model.registry import cutoff_of, resolved_spec
 from . import init as heads
 from .trainer import Trainer, distributed_info
 
@@ -162,13 +162,13 @@ def build_model(config: TrainConfig, train_graphs, species) -> ShallowEnsemble:
 def resolve_backbone(config: TrainConfig) -> TrainConfig:
     """``config`` with ``model.backbone`` checked against its kind's options and completed with
     their defaults (ConfigError naming ``model.backbone.<option>`` before any work)."""
-    spec = backbone_spec(resolve_options(config.model.backbone))
+    spec = resolved_spec(config.model.backbone)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, backbone=spec))
 
 
 def _resolved_model(model: ModelConfig) -> dict:
     """The ``model`` section as plain data with the backbone's defaults filled in."""
-    return {**to_dict(model), "backbone": backbone_spec(resolve_options(model.backbone))}
+    return {**to_dict(model), "backbone": resolved_spec(model.backbone)}
 
 
 def skips_training(config: TrainConfig, index: int, stage) -> bool:
