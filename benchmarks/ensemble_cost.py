@@ -21,9 +21,9 @@ import ase.io
 import torch
 from ase.build import make_supercell
 
-from shallow_ensembles.config import ModelConfig
 from shallow_ensembles.data import Batch
 from shallow_ensembles.model import ShallowEnsemble
+from shallow_ensembles.model.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WATER = ROOT / "examples" / "data" / "water_64H2O_60frames.extxyz"

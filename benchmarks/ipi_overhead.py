@@ -54,11 +54,11 @@ from ase.md.velocitydistribution import thermalize_momenta  # noqa: E402
 from ase.md.verlet import VelocityVerlet  # noqa: E402
 
 from shallow_ensembles import ShallowEnsembleCalculator, load_model, save_model  # noqa: E402
-from shallow_ensembles.config import ModelConfig  # noqa: E402
 from shallow_ensembles.data import Batch  # noqa: E402
 from shallow_ensembles.ipi.driver import ShallowEnsembleDriver, serve  # noqa: E402
 from shallow_ensembles.ipi.run import ipi_executable, prepare_run, run_ipi  # noqa: E402
 from shallow_ensembles.model import ShallowEnsemble  # noqa: E402
+from shallow_ensembles.model.config import ModelConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WATER = ROOT / "examples" / "data" / "water_64H2O_60frames.extxyz"

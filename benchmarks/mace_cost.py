@@ -21,9 +21,9 @@ import torch
 from ase.build import make_supercell
 from ensemble_cost import WATER, print_results
 
-from shallow_ensembles.config import ModelConfig
 from shallow_ensembles.data import Batch
 from shallow_ensembles.model import ShallowEnsemble
+from shallow_ensembles.model.config import ModelConfig
 
 BACKBONE = {"kind": "mace", "cutoff_A": 5.0, "channels": 32, "max_L": 1, "num_interactions": 2,
             "correlation": 3}

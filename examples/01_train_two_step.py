@@ -6,8 +6,8 @@ SHALLOW_ENSEMBLES_SMOKE=1 shortens every stage to a few epochs (used by the test
 import os
 from pathlib import Path
 
-from shallow_ensembles.config import load_train_config
 from shallow_ensembles.training import train
+from shallow_ensembles.training.config import load_train_config
 
 HERE = Path(__file__).resolve().parent
 SMOKE = os.environ.get("SHALLOW_ENSEMBLES_SMOKE") == "1"

@@ -9,9 +9,9 @@ import torch
 from ase import Atoms
 from ase.build import molecule
 
-from shallow_ensembles.config import ModelConfig
 from shallow_ensembles.data import Batch
 from shallow_ensembles.model import ShallowEnsemble
+from shallow_ensembles.model.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ETHANOL = ROOT / "tests" / "data" / "ethanol_60.extxyz"

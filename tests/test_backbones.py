@@ -14,9 +14,9 @@ import torch
 from ase.io import read
 
 from conftest import ETHANOL, ROOT, fd_member_forces, fd_member_stress
-from shallow_ensembles.config import ModelConfig
 from shallow_ensembles.data import Batch, graphs_from_atoms
 from shallow_ensembles.model import BACKBONES, ShallowEnsemble, load_model, save_model
+from shallow_ensembles.model.config import ModelConfig
 from shallow_ensembles.training import init
 
 BATIO3 = ROOT / "tests" / "data" / "batio3_12.extxyz"

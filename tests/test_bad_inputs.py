@@ -26,12 +26,12 @@ from ase.build import molecule
 
 from conftest import ETHANOL, tiny_model
 from shallow_ensembles import ShallowEnsembleCalculator, load_model, save_model
-from shallow_ensembles import config as config_module
 from shallow_ensembles.cli import main
-from shallow_ensembles.config import TrainConfig, from_dict, to_dict
+from shallow_ensembles.config import from_dict, to_dict
 from shallow_ensembles.data import read_structures
 from shallow_ensembles.errors import ConfigError, DataError, ModelFileError
 from shallow_ensembles.fileio import atomic_path
+from shallow_ensembles.training.config import TrainConfig, load_train_config
 
 SMALL = {"n_members": 2, "hidden": [8], "bottleneck": 3, "n_radial": 3, "n_channels": 2,
          "cutoff_A": 3.0, "dtype": "float64"}
@@ -179,12 +179,12 @@ def yaml_number_as_string(tmp_path):
     # YAML 1.1 reads 1e-3 (no dot) as the string "1e-3": accepted as the number
     text = yaml.safe_dump(train_dict(tmp_path)) + "\n"
     text = text.replace("training:\n", "training:\n  learning_rate: 1e-3\n")
-    config = config_module.load_train_config(_config_file(tmp_path, text))
+    config = load_train_config(_config_file(tmp_path, text))
     return config.training.learning_rate
 
 
 def yaml_word_as_number(tmp_path):
-    config_module.load_train_config(_config_file(
+    load_train_config(_config_file(
         tmp_path, yaml.safe_dump(train_dict(tmp_path, **{"training.learning_rate": "fast"}))))
 
 
@@ -216,11 +216,11 @@ def relative_data_path(tmp_path):
     frames_file(config_path.parent, name="next_to_config.extxyz")
     config_path.write_text(yaml.safe_dump(
         train_dict(tmp_path, **{"data.train_file": "next_to_config.extxyz"})))
-    return config_module.load_train_config(config_path).data.train_file
+    return load_train_config(config_path).data.train_file
 
 
 def missing_relative_data_path(tmp_path):
-    config_module.load_train_config(_config_file(tmp_path, yaml.safe_dump(
+    load_train_config(_config_file(tmp_path, yaml.safe_dump(
         train_dict(tmp_path, **{"data.train_file": "nowhere.extxyz"}))))
 
 

@@ -127,8 +127,8 @@ def test_shared_last_layer_is_solved_at_the_stage_optimum(ethanol_frames, kind, 
     directions — every head moved by the same δ, and the shift β — vanishes; a second call
     moves nothing; a known displacement of the mean head and of β is undone, energies and
     forces alike."""
-    from shallow_ensembles.config import LossConfig
     from shallow_ensembles.data.batch import collate
+    from shallow_ensembles.training.config import LossConfig
     from shallow_ensembles.training.init import solve_shared_last_layer
     from shallow_ensembles.training.objectives import stage_loss
 

@@ -153,7 +153,7 @@ def _labelled_periodic_batch():
 
 
 def test_force_nll_stage_keeps_the_stress_term_and_crps_is_selectable():
-    from shallow_ensembles.config import LossConfig
+    from shallow_ensembles.training.config import LossConfig
     from shallow_ensembles.training.objectives import stage_loss
 
     model, batch = _labelled_periodic_batch()
@@ -178,8 +178,8 @@ def test_force_nll_stage_keeps_the_stress_term_and_crps_is_selectable():
 def test_beta_nll_with_beta_one_pulls_every_mean_like_an_mse():
     """β = 1: the gradient of the weighted energy NLL with respect to each structure's mean is
     r / mean σ² (the same constant for every structure, whatever its own σ), as for an MSE."""
-    from shallow_ensembles.config import LossConfig
     from shallow_ensembles.errors import ConfigError
+    from shallow_ensembles.training.config import LossConfig
     from shallow_ensembles.training.objectives import _energy_score
 
     torch.manual_seed(0)

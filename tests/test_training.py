@@ -13,8 +13,9 @@ import yaml
 from conftest import ETHANOL, ROOT
 from shallow_ensembles import load_model
 from shallow_ensembles.cli import main
-from shallow_ensembles.config import TrainConfig, from_dict
+from shallow_ensembles.config import from_dict
 from shallow_ensembles.errors import ConfigError
+from shallow_ensembles.training.config import TrainConfig
 
 SMALL_MODEL = {"n_members": 4, "hidden": [24, 24], "bottleneck": 6, "n_radial": 5,
                "n_channels": 4, "cutoff_A": 4.0, "dtype": "float64"}

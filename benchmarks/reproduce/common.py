@@ -32,7 +32,7 @@ class System:
     Every full training stage (MSE, energy NLL, force NLL from scratch, committee members) runs
     until its validation loss has not improved for ``patience`` epochs (the best epoch is kept),
     at most ``epochs`` epochs: the stated budget. Fine-tunes use the package's defaults
-    (``shallow_ensembles.config.FINE_TUNE``: early stopping on the validation force NLL).
+    (``shallow_ensembles.training.stages.FINE_TUNE``: early stopping on the validation force NLL).
     """
 
     name: str
@@ -51,9 +51,9 @@ class System:
     @property
     def fine_tune_epochs(self) -> int:
         """Most epochs of the two-step fine-tune (the package default)."""
-        from shallow_ensembles.config import FINE_TUNE
+        from shallow_ensembles.training.stages import FINE_TUNE
 
-        return FINE_TUNE.epochs
+        return FINE_TUNE["epochs"]
 
 
 SYSTEMS = {s.name: s for s in (

@@ -53,10 +53,12 @@ TIMING_EPOCHS = 2
 
 def plan(system: System, n_committee: int) -> list[tuple[str, list[dict]]]:
     """(run name, stages) in an order where every stage-1 model exists before it is used."""
-    from shallow_ensembles.config import FINE_TUNE, to_dict
+    from shallow_ensembles.config import to_dict
+    from shallow_ensembles.training.config import default_stage
+    from shallow_ensembles.training.stages import FINE_TUNE
 
     full = {"epochs": system.epochs, "patience": system.patience}
-    fine = to_dict(FINE_TUNE)
+    fine = to_dict(default_stage("force-nll", **FINE_TUNE))
     runs = [("mse", [{"kind": "mse", **full}]),
             ("energy-nll", [{"kind": "energy-nll", **full}]),
             ("force-nll-scratch", [{"kind": "force-nll", **full}]),
@@ -95,8 +97,9 @@ def train_one(system: System, data: dict, name: str, stages: list[dict],
     Returns its own ``cpu_s`` (CPU seconds of this process: the cost on one thread, unaffected
     by other jobs on a shared machine) and ``wall_s``.
     """
-    from shallow_ensembles.config import TrainConfig, from_dict
+    from shallow_ensembles.config import from_dict
     from shallow_ensembles.training import train
+    from shallow_ensembles.training.config import TrainConfig
 
     folder = OUT / system.name
     init = FIRST_STAGE.get(name) if init == "" else init

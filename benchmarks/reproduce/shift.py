@@ -67,11 +67,14 @@ def shifted_split(system: System) -> dict:
 
 
 def stages(kind: str, system: System) -> list[dict]:
-    from shallow_ensembles.config import FINE_TUNE, to_dict
+    from shallow_ensembles.config import to_dict
+    from shallow_ensembles.training.config import default_stage
+    from shallow_ensembles.training.stages import FINE_TUNE
 
     full = {"epochs": system.epochs, "patience": system.patience}
+    fine = to_dict(default_stage("force-nll", **FINE_TUNE))
     return {"mse": [{"kind": "mse", **full}], "force-nll": [{"kind": "force-nll", **full}],
-            "llpr": [{"kind": "llpr"}], "fine-tune": [to_dict(FINE_TUNE)]}[kind]
+            "llpr": [{"kind": "llpr"}], "fine-tune": [fine]}[kind]
 
 
 def llpr_variances(model, train_graphs, val_graphs, graphs) -> tuple[np.ndarray, np.ndarray]:

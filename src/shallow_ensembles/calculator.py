@@ -175,7 +175,7 @@ def attach_uncertainty(atoms: Atoms, forces: bool = True) -> Atoms:
         atoms.info.pop(K.MAX_FORCES_UNCERTAINTY, None)
     if K.FORCES_UNCERTAINTY in res and forces:
         sigma = res[K.FORCES_UNCERTAINTY]
-        norm = np.sqrt((sigma**2).sum(axis=1))
+        norm = K.forces_uncertainty_norm(sigma)
         atoms.arrays[K.FORCES_UNCERTAINTY] = sigma
         atoms.arrays[K.FORCES_UNCERTAINTY_NORM] = norm
         atoms.info[K.MAX_FORCES_UNCERTAINTY] = float(norm.max())

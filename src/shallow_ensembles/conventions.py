@@ -1,10 +1,12 @@
 """Every result and array key of the project, with its shape, unit and meaning.
 
-Mirrors ``docs/conventions.md``. Symbols: ``N`` atoms, ``M`` members, ``S`` structures.
+Symbols: ``N`` atoms, ``M`` members, ``S`` structures.
 Every uncertainty is a **standard deviation** (never a variance) of the calibrated ensemble,
 computed with ``ddof = DDOF`` over the M members. Energies are totals unless the key says per atom.
 Standard ASE properties are ensemble means. Ensembles put the member axis first.
 """
+
+import numpy as np
 
 DDOF = 1  # degrees of freedom removed in every ensemble standard deviation
 
@@ -56,3 +58,17 @@ MEMBER_FORCE_PROPERTIES = (
     STRESS_ENSEMBLE,
 )
 """Results that need the member forces (or member stresses): computed only on request."""
+
+
+def forces_uncertainty_norm(forces_uncertainty) -> np.ndarray:
+    """``FORCES_UNCERTAINTY_NORM``: ‖σ(F_i)‖ = sqrt(Σ_xyz σ²) per atom, (N,) eV/Å, of the σ per
+    Cartesian component (N, 3) eV/Å. The one definition used by every monitor and trigger."""
+    return np.sqrt(np.square(np.asarray(forces_uncertainty, dtype=float)).sum(-1))
+
+
+def max_forces_uncertainty(forces_uncertainty, n_atoms) -> np.ndarray:
+    """``MAX_FORCES_UNCERTAINTY`` of each structure, (S,) eV/Å: the largest
+    :func:`forces_uncertainty_norm` over its atoms, of σ (N, 3) concatenated over structures of
+    ``n_atoms`` (S,) atoms."""
+    norms = forces_uncertainty_norm(forces_uncertainty)
+    return np.array([part.max() for part in np.split(norms, np.cumsum(n_atoms)[:-1])])

@@ -41,6 +41,12 @@ class ConfigError(ShallowEnsembleError, ValueError):
     def __init__(self, path: str, message: str):
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
+        self.detail = message
+        """The message without the path."""
+
+    def under(self, prefix: str) -> ConfigError:
+        """This error with its path inside the section ``prefix`` (``prefix.path``)."""
+        return ConfigError(f"{prefix}.{self.path}" if self.path else prefix, self.detail)
 
 
 class ModelFileError(ShallowEnsembleError, ValueError):

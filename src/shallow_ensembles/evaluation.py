@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import conventions as K
 from .calibration import predict_dataset_pair
 from .data.batch import Graph
 from .metrics import offset_share, uncertainty_metrics
@@ -32,7 +33,7 @@ def quantities(pred: dict[str, np.ndarray], alpha_e: float = 1.0,
         out["forces"] = (pred["forces"].ravel(), pred["ref_forces"].ravel(),
                          alpha_f * pred["forces_sigma"].ravel())
         norm = np.linalg.norm(pred["forces"] - pred["ref_forces"], axis=1)
-        sig = alpha_f * np.linalg.norm(pred["forces_sigma"], axis=1)
+        sig = alpha_f * K.forces_uncertainty_norm(pred["forces_sigma"])
         out["forces_norm"] = (norm, np.zeros_like(norm), sig)
     return out
 
@@ -89,7 +90,7 @@ def evaluate(model: ShallowEnsemble, graphs: Sequence[Graph], output_dir: str | 
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
     figures = []
     if plots:
-        from .plots import evaluation_figures
+        from .plots.evaluation import evaluation_figures
 
         figures = evaluation_figures(quantities(calibrated), output)
     (output / "report.md").write_text(markdown_report(metrics, figures, title))

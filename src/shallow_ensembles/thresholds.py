@@ -9,12 +9,18 @@ and ``failed`` when q ≥ hi. A frame's level is the worst over its quantities. 
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 from .errors import ConfigError
 
-TRUSTED, CANDIDATE, FAILED = "trusted", "candidate", "failed"
-LEVEL_ORDER = {TRUSTED: 0, CANDIDATE: 1, FAILED: 2}
+Level = Literal["trusted", "candidate", "failed"]
+"""The trust levels, best first: the one place their names are spelled."""
+TRUSTED, CANDIDATE, FAILED = typing.get_args(Level)
+LEVEL_ORDER = {name: rank for rank, name in enumerate(typing.get_args(Level))}
+ActionLevel = Literal["candidate", "failed"]
+"""The levels an action can be triggered by (every level above ``trusted``)."""
 
 
 @dataclass(frozen=True)

@@ -239,6 +239,6 @@ def test_cli_errors_exit_2_without_traceback(files, tmp_path, capsys, case):
 
 def test_importing_the_package_leaves_ipi_unimported():
     code = ("import sys, shallow_ensembles, shallow_ensembles.ipi, shallow_ensembles.ipi.outputs;"
-            "import shallow_ensembles.ipi_cli;"
+            "import shallow_ensembles.cli.ipi;"
             "assert 'ipi' not in sys.modules, 'ipi imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

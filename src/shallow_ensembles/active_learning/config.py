@@ -18,19 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import (
-    FINE_TUNE,
-    DataConfig,
+from ..config import load_config
+from ..data.config import DataConfig
+from ..errors import ConfigError
+from ..md.config import MDConfig, load_md_config
+from ..model.config import ModelConfig
+from ..training.config import (
     LossConfig,
-    ModelConfig,
     StageConfig,
     TrainConfig,
     TrainingConfig,
-    from_dict,
-    load_yaml,
+    protocol_stages,
 )
-from ..errors import ConfigError
-from ..md.config import MDConfig, load_md_config
 
 
 def _prefixed(prefix: str, build):
@@ -40,8 +39,7 @@ def _prefixed(prefix: str, build):
     except ConfigError as err:
         if err.path.startswith(prefix):
             raise
-        message = str(err)[len(err.path) + 2:] if err.path else str(err)
-        raise ConfigError(f"{prefix}.{err.path}" if err.path else prefix, message) from None
+        raise err.under(prefix) from None
 
 
 @dataclass(frozen=True)
@@ -112,10 +110,9 @@ class InitialConfig:
     """Start from this trained model; null: train one with the options below."""
     model: ModelConfig = ModelConfig()
     """Architecture of the model trained in round 0."""
-    protocol: Literal["mse", "energy-nll", "force-nll-scratch", "llpr", "random-heads",
-                      "subsample", "two-step-llpr", "two-step-energy-nll", "custom"] = \
-        "two-step-llpr"
-    """A named training protocol, or custom to use ``stages``."""
+    protocol: str = "two-step-llpr"
+    """A named training protocol (``train --print-defaults`` lists them), or custom to use
+    ``stages``."""
     stages: tuple[StageConfig, ...] = ()
     """Stages of a custom protocol, or per-stage overrides of a named one."""
     loss: LossConfig = LossConfig()
@@ -191,9 +188,9 @@ class FineTuneConfig:
     the calibration (α_E, α_F) is refitted on the validation set at its end."""
 
     stages: tuple[StageConfig, ...] = ()
-    """Training stages; empty: the two-step protocol, shortened: mse (60 epochs), llpr heads,
-    then the two-step protocol's fine-tune (``config.FINE_TUNE``). A force-nll stage alone
-    is cheaper but fits the new frames' mean energies and forces less well."""
+    """Training stages; empty: the two-step-llpr protocol with a shorter MSE stage (60
+    epochs): mse, llpr heads, then its fine-tune (``training.stages.FINE_TUNE``). A force-nll
+    stage alone is cheaper but fits the new frames' mean energies and forces less well."""
     loss: LossConfig = LossConfig()
     """Loss weights."""
     training: TrainingConfig = TrainingConfig()
@@ -203,7 +200,8 @@ class FineTuneConfig:
         """The stages to run."""
         if self.stages:
             return self.stages
-        return (StageConfig(kind="mse", epochs=60), StageConfig(kind="llpr"), FINE_TUNE)
+        return tuple(dataclasses.replace(stage, epochs=60) if stage.kind == "mse" else stage
+                     for stage in protocol_stages("two-step-llpr"))
 
     def train_config(self, model: ModelConfig, init_model: str, train_file: str,
                      validation_file: str, output_dir: str) -> TrainConfig:
@@ -285,8 +283,8 @@ class ActiveLearningConfig:
         except ConfigError as err:
             if isinstance(self.md, str) and err.path == str(Path(self.md)):
                 raise ConfigError("md", str(err)) from None  # unreadable file
-            message = str(err)[len(err.path) + 2:] if err.path else str(err)
-            raise ConfigError(f"md.{err.path}" if err.path else "md", message + where) from None
+            raise ConfigError(f"md.{err.path}" if err.path else "md", err.detail + where) \
+                from None
         if not any(action.kind == "save" for action in config.actions):
             raise ConfigError("md.actions", "needs a save action (e.g. {kind: save, level: "
                               f"candidate}}) to collect candidates{where}")
@@ -295,41 +293,7 @@ class ActiveLearningConfig:
 
 def load_al_config(source: ActiveLearningConfig | dict | str | Path,
                    overrides: Sequence[str] = ()) -> ActiveLearningConfig:
-    """Validate an active-learning protocol given as a config, a mapping or a YAML file.
-
-    Parameters
-    ----------
-    source : ActiveLearningConfig (returned as is), a mapping, or the path of a YAML file
-    overrides : ``a.b=value`` strings (``--set``), applied to a YAML file or a mapping
-
-    Raises
-    ------
-    ConfigError naming the dotted key.
-    """
-    if isinstance(source, ActiveLearningConfig):
-        return source
-    if isinstance(source, str | Path):
-        data = load_yaml(source, overrides)
-    elif isinstance(source, dict):
-        data = _apply_overrides(dict(source), overrides)
-    else:
-        raise ConfigError("", f"expected a protocol file, mapping or config, got {source!r}")
-    return from_dict(ActiveLearningConfig, data)
-
-
-def _apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    from ..config import parse_override
-
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for key in keys[:-1]:
-            node[key] = dict(node.get(key) or {})
-            node = node[key]
-        node[keys[-1]] = value
-    return data
-
-
-def without_stopping(config: ActiveLearningConfig) -> ActiveLearningConfig:
-    """``config`` with the default stopping rules (to compare runs that may be resumed)."""
-    return dataclasses.replace(config, stopping=StoppingConfig())
+    """Validate an active-learning protocol given as a config, a mapping or a YAML file, with
+    ``--set`` overrides (:func:`~shallow_ensembles.config.load_config`); ConfigErrors name the
+    dotted key."""
+    return load_config(ActiveLearningConfig, source, overrides)

@@ -48,11 +48,12 @@ import torch
 import yaml
 from ase import Atoms
 
-from ..config import ModelConfig, from_dict, to_dict
+from ..config import from_dict, to_dict
 from ..data.io import label_frame, read_structures
 from ..errors import ConfigError
 from ..md.config import MDConfig
 from ..model import ShallowEnsemble, load_model
+from ..model.config import ModelConfig
 from ..training import train
 from . import report as rep
 from .config import ActiveLearningConfig, load_al_config
@@ -398,7 +399,7 @@ def _finish(config: ActiveLearningConfig, output: Path, rows: list[dict], reason
     csv_path, md_path = rep.write_tables(rows, output)
     files = {"csv": csv_path.name, "markdown": md_path.name}
     if config.plot:
-        from ..plots_al import plot_rounds
+        from ..plots.active_learning import plot_rounds
 
         plot_rounds(rows, output / "rounds.png", config.stopping.min_candidate_rate)
         files["plot"] = "rounds.png"

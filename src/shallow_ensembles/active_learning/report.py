@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from .. import conventions as K
 from ..calibration import predict_dataset, predict_dataset_pair
 from ..data.batch import graphs_from_atoms
 from ..evaluation import compute_metrics
@@ -84,8 +85,7 @@ def frame_errors(model: ShallowEnsemble, frames: Sequence[Atoms]) -> tuple[float
     """(force RMSE, mean over frames of max_i ‖σ(F_i)‖), both meV/Å, calibrated σ."""
     pred = predict_dataset(model, graphs_from_atoms(frames, model.cutoff), calibrated=True)
     rmse = float(np.sqrt(np.mean((pred["forces"] - pred["ref_forces"]) ** 2)))
-    norms = np.linalg.norm(pred["forces_sigma"], axis=1)
-    per_frame = [part.max() for part in np.split(norms, np.cumsum(pred["n_atoms"])[:-1])]
+    per_frame = K.max_forces_uncertainty(pred["forces_sigma"], pred["n_atoms"])
     return 1e3 * rmse, 1e3 * float(np.mean(per_frame))
 
 

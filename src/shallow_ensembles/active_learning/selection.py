@@ -157,6 +157,4 @@ def frame_sigma(model: ShallowEnsemble, frames: Sequence[Atoms], quantity: str) 
                            member_forces=quantity != "energy_per_atom", calibrated=True)
     if quantity == "energy_per_atom":
         return pred["energy_sigma"] / pred["n_atoms"]
-    norms = np.linalg.norm(pred["forces_sigma"], axis=1)
-    bounds = np.cumsum(pred["n_atoms"])[:-1]
-    return np.array([part.max() for part in np.split(norms, bounds)])
+    return K.max_forces_uncertainty(pred["forces_sigma"], pred["n_atoms"])

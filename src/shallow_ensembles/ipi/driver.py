@@ -264,7 +264,7 @@ class ShallowEnsembleDriver(Dummy_driver):
             extras["committee_force"] = (members * force_unit).reshape(len(members), -1)
             extras["committee_virial"] = np.array([(_virial(atoms, s) / Hartree).ravel()
                                                    for s in stress])
-            norm = np.sqrt((results[K.FORCES_UNCERTAINTY] ** 2).sum(axis=1))
+            norm = K.forces_uncertainty_norm(results[K.FORCES_UNCERTAINTY])
             extras[K.FORCES_UNCERTAINTY_NORM] = norm * force_unit
         return (*out, _to_json(extras))
 
@@ -287,7 +287,7 @@ class ShallowEnsembleDriver(Dummy_driver):
         sigma_energy = float(results[K.ENERGY_UNCERTAINTY])
         sigma_forces = None
         if K.FORCES_UNCERTAINTY in results:
-            sigma_forces = float(np.sqrt((results[K.FORCES_UNCERTAINTY] ** 2).sum(axis=1)).max())
+            sigma_forces = float(K.forces_uncertainty_norm(results[K.FORCES_UNCERTAINTY]).max())
         level = self.levels.classify(sigma_energy / len(atoms), sigma_forces)
         if level != TRUSTED:
             self._write_candidate(atoms, level)

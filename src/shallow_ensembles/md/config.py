@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import from_dict, load_yaml, to_dict
+from ..config import load_config, to_dict
 from ..errors import ConfigError
-from ..thresholds import TrustLevels
+from ..thresholds import CANDIDATE, FAILED, ActionLevel, TrustLevels
 
 DynamicsKind = Literal[
     "velocity_verlet", "langevin", "bussi", "nose_hoover_chain", "isotropic_mtk_npt",
@@ -161,7 +161,7 @@ class MonitorConfig:
 
 ActionKind = Literal["log", "save", "stop", "rollback", "callback"]
 
-DEFAULT_SAVE_FILES = {"candidate": "candidates.extxyz", "failed": "failed.extxyz"}
+DEFAULT_SAVE_FILES = {CANDIDATE: "candidates.extxyz", FAILED: "failed.extxyz"}
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ class ActionConfig:
     kind: ActionKind = "log"
     """log (a line in events.log), save (append the frame with its σ to an extxyz file), stop,
     rollback (restore the last trusted frame, then stop) or callback (a Python function)."""
-    level: Literal["candidate", "failed"] = "candidate"
+    level: ActionLevel = CANDIDATE
     """Trust level that triggers the action."""
     patience_steps: int = 1
     """Consecutive monitored steps at the level before acting (1: at once)."""
@@ -295,42 +295,14 @@ class MDConfig:
 
 def load_md_config(source: MDConfig | dict | str | Path,
                    overrides: Sequence[str] = ()) -> MDConfig:
-    """Validate an MD protocol given as a config, a mapping or a YAML file.
-
-    Parameters
-    ----------
-    source : MDConfig (returned as is), a mapping, or the path of a YAML protocol
-    overrides : ``a.b=value`` strings applied to a YAML file (``--set``)
+    """Validate an MD protocol given as a config, a mapping or a YAML file, with ``--set``
+    overrides (:func:`~shallow_ensembles.config.load_config`).
 
     Raises
     ------
     ConfigError naming the dotted key (``dynamics.friction_per_fs``, ``actions[1].kind``).
     """
-    if isinstance(source, MDConfig):
-        return source
-    if isinstance(source, str | Path):
-        data = load_yaml(source, overrides)
-    elif isinstance(source, dict):
-        data = dict(source)
-    else:
-        raise ConfigError("", f"expected a protocol file, mapping or MDConfig, got {source!r}")
-    actions = data.get("actions")
-    if isinstance(actions, list | tuple):
-        for i, item in enumerate(actions):
-            if isinstance(item, dict):
-                try:
-                    from_dict(ActionConfig, item, f"actions[{i}]")
-                except ConfigError as err:
-                    raise _indexed(err, i) from None
-    return from_dict(MDConfig, data)
-
-
-def _indexed(err: ConfigError, index: int) -> ConfigError:
-    """Replace the ``actions[]`` placeholder of an action's error by its index."""
-    if not err.path.startswith("actions[]"):
-        return err
-    message = str(err)[len(err.path) + 2:]
-    return ConfigError(err.path.replace("actions[]", f"actions[{index}]", 1), message)
+    return load_config(MDConfig, source, overrides)
 
 
 def resolved_dict(config: MDConfig) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def model_devi_row(step: int, energy_ensemble: np.ndarray, forces_ensemble: np.n
     n_members, n_atoms = forces_ensemble.shape[:2]
     factor = ddof0_factor(n_members)
     sigma_f = forces_ensemble.std(axis=0, ddof=K.DDOF)  # (N, 3), ddof=1
-    per_atom = factor * np.sqrt((sigma_f**2).sum(axis=1))
+    per_atom = factor * K.forces_uncertainty_norm(sigma_f)
     devi_e = factor * (energy_ensemble / n_atoms).std(ddof=K.DDOF)
     devi_v = np.zeros(3)
     if stress_ensemble is not None:

@@ -157,7 +157,7 @@ def run_md(atoms: Atoms, calculator_or_model: BaseCalculator | ShallowEnsemble |
     final = atoms.copy()
     ase.io.write(output / FILES["final"], final, format="extxyz")
     if log.plot and monitor.records:
-        from ..plots_md import plot_uncertainty
+        from ..plots.md import plot_uncertainty
 
         series = monitor.series()
         plot_uncertainty(series["time_fs"], series["energy_uncertainty_per_atom_eV"],

@@ -88,7 +88,7 @@ class ShallowEnsemble(nn.Module):
 
     @classmethod
     def from_config(cls, config, species, batch: Batch | None = None) -> ShallowEnsemble:
-        """Build from a :class:`~shallow_ensembles.config.ModelConfig` and the element list.
+        """Build from a :class:`~shallow_ensembles.model.config.ModelConfig` and the element list.
 
         The backbone comes from the registry (``config.backbone``); with a ``batch`` of
         training structures its data-dependent parts are set. The stored hyperparameters hold

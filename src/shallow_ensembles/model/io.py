@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, from_dict
+from ..config import from_dict
 from ..errors import ConfigError, ModelFileError
 from ..fileio import atomic_path
+from .config import ModelConfig
 from .ensemble import ShallowEnsemble
 
 FORMAT = "shallow-ensembles-model"

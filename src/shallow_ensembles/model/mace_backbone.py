@@ -340,7 +340,7 @@ def import_mace_model(path: str | Path, n_members: int, dtype: str = "float32"):
     -------
     ShallowEnsemble with M identical heads (feature centre 0, β = 0, μ = 0, s_Z = 1).
     """
-    from ..config import ModelConfig
+    from .config import ModelConfig
     from .ensemble import ShallowEnsemble
 
     import_mace()

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import LossConfig
 from ..data.batch import Graph, collate
 from ..model import ShallowEnsemble
+from .config import LossConfig
 from .llpr import LastLayerPosterior, fit_posterior
+from .stages import STAGES
 
 LOG = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def solve_shared_last_layer(model: ShallowEnsemble, graphs: Sequence[Graph], los
     mean_variance = _mean_energy_variance(model, graphs, loss, batch_size)
     for start in range(0, len(graphs), batch_size):
         batch = collate(graphs[start:start + batch_size], dtype=model.dtype)
-        member = with_head and kind == "force-nll"
+        member = with_head and STAGES[kind].member_forces
         out = model.predict(batch, forces=with_head and not member, member_forces=member)
         totals = out["energy_ensemble"].detach()
         n = batch.n_atoms.double()

@@ -1,35 +1,26 @@
-"""The loss of each training stage kind, on a batch. Method notes, "Losses".
+"""The loss of a trained stage kind on a batch. Method notes, "Losses".
 
 Per batch: L = w_E · mean_k N_k^(−a) ℓ_E,k + w_F · mean over atoms and components ℓ_F
-(+ w_S · mean stress MSE), with a = ``atom_exponent`` for MSE energy terms and
-a = ``nll_atom_exponent`` for NLL energy terms. NLL stages add ``energy_anchor`` times the MSE
-stage's energy term on the ensemble mean: an NLL constrains the mean energy only within σ_E,
-and without the anchor it drifted where σ_E grew. ℓ depends on the stage kind:
-
-============  ===========================  ===============================================
-kind          energy term ℓ_E              force term ℓ_F
-============  ===========================  ===============================================
-mse           (Ē − E)²                     (F̄ − F)²
-member-mse    mean_m (E_m − E)²            (F̄ − F)²
-energy-nll    ½[log σ_E² + r²/σ_E²]        (F̄ − F)² (no member forces: costs one model)
-force-nll     ½[log σ_E² + r²/σ_E²]        force NLL of the member forces (``loss.force_nll``)
-============  ===========================  ===============================================
-
-With ``loss.uncertainty_loss: crps`` the NLLs of the last two rows are replaced by the Gaussian
-CRPS (per structure energy, per force component). The stress term is the MSE of the mean
-stress in every kind (from the member stresses in force-nll stages).
+(+ w_S · mean stress MSE). The terms ℓ_E and ℓ_F come from the kind's descriptor in
+:data:`~shallow_ensembles.training.stages.STAGES` (its module docstring has the table).
+Uncertainty stages (energy ``score``) add ``energy_anchor`` times the MSE stage's energy term
+on the ensemble mean: an NLL constrains the mean energy only within σ_E, and without the anchor
+it drifted where σ_E grew. With ``loss.uncertainty_loss: crps`` the NLLs are replaced by the
+Gaussian CRPS (per structure energy, per force component). The stress term is the MSE of the
+mean stress in every kind (from the member stresses when the kind uses member forces).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..config import LossConfig
 from ..conventions import DDOF
 from ..data.batch import Batch
 from ..model import ShallowEnsemble
 from ..model.ensemble import apply_calibration
 from . import losses
+from .config import LossConfig
+from .stages import STAGES
 
 
 def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
@@ -42,21 +33,22 @@ def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
     forces, ``details`` (if given) receives ``force_residual`` and ``force_sigma`` (N, 3), eV/Å,
     detached, for calibration metrics.
     """
+    spec = STAGES[kind]
     want_stress = cfg.stress_weight > 0 and batch.stress is not None
-    member = kind == "force-nll"
+    member = spec.member_forces
     out = model.predict(batch, forces=not member, stress=want_stress, member_forces=member,
                         create_graph=training, method=method)
     members = out["energy_ensemble"]
-    exponent = cfg.atom_exponent if kind in ("mse", "member-mse") else cfg.nll_atom_exponent
+    exponent = cfg.nll_atom_exponent if spec.uncertainty else cfg.atom_exponent
     weights = losses.structure_weights(batch.n_atoms, exponent).to(batch.energy)
-    if kind == "mse":
+    if spec.energy == "mean":
         energy = losses.mse(out["energy"], batch.energy)
-    elif kind == "member-mse":
+    elif spec.energy == "members":
         energy = losses.mse(members, batch.energy[:, None]).mean(1)
     else:
         energy = _energy_score(members, batch.energy, cfg)
     energy_term = (weights * energy).mean()
-    if kind in ("energy-nll", "force-nll") and cfg.energy_anchor:
+    if spec.uncertainty and cfg.energy_anchor:
         anchor = losses.structure_weights(batch.n_atoms, cfg.atom_exponent).to(batch.energy)
         energy_term = energy_term + cfg.energy_anchor * (
             anchor * losses.mse(out["energy"], batch.energy)).mean()
@@ -92,7 +84,7 @@ def rescale_spread(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossCon
     spread is far off (LLPR heads fitted to energies, random heads) otherwise gives huge first
     gradients. Returns c.
     """
-    member = kind == "force-nll"
+    member = STAGES[kind].member_forces
     out = model.predict(batch, forces=not member, member_forces=member)
     energies = out["energy_ensemble"].detach()
     forces = out["forces_ensemble"].detach() if member else None

@@ -17,15 +17,19 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import TRAINED_STAGES, DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from ..config import from_dict, to_dict
 from ..data import collate, fit_composition_baseline, graphs_from_atoms, read_structures
+from ..data.config import DataConfig
 from ..data.io import check_elements
 from ..data.split import load_split, make_split, save_split, shared_frames
 from ..errors import ConfigError, DataError, ModelFileError
 from ..model import ShallowEnsemble, save_model
+from ..model.config import ModelConfig
 from ..model.io import file_sha256, load_error_summary, load_initial_model
 from ..model.registry import cutoff_of, resolved_spec
 from . import init as heads
+from .config import TrainConfig
+from .stages import STAGES
 from .trainer import Trainer, distributed_info
 
 LOG = logging.getLogger(__name__)
@@ -179,20 +183,11 @@ def skips_training(config: TrainConfig, index: int, stage) -> bool:
 
 
 def run_init_stage(model, stage, stage_index, data_train, data_val, config: TrainConfig) -> None:
-    """Apply a head-initialisation stage (deterministic for the training seed)."""
+    """Apply a head-initialisation stage (deterministic for the training seed): the kind's
+    ``initialise`` of :data:`~shallow_ensembles.training.stages.STAGES`, on centred features."""
     gen = torch.Generator().manual_seed(config.training.seed * 7919 + stage_index)
     heads.centre_features(model, data_train)
-    if stage.kind == "llpr":
-        heads.llpr_heads(model, data_train, data_val, gen, stage.regularizer, stage.force_rows,
-                         config.loss)
-    elif stage.kind == "isotropic":
-        heads.isotropic_heads(model, stage.noise, gen)
-    elif stage.kind == "subsample":
-        heads.subsample_heads(model, data_train, gen, stage.ridge)
-    elif stage.kind == "random-heads":
-        heads.random_heads(model, gen)
-    else:  # pragma: no cover - guarded by the config Literal
-        raise ValueError(stage.kind)
+    STAGES[stage.kind].initialise(model, stage, data_train, data_val, gen, config.loss)
 
 
 def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
@@ -237,7 +232,7 @@ def train(config: TrainConfig, resume: bool = False) -> ShallowEnsemble:
             LOG.info("stage %d (%s) skipped: init_model %s is a trained model", k, stage.kind,
                      config.init_model)
             continue
-        if stage.kind in TRAINED_STAGES:
+        if STAGES[stage.kind].trained:
             trainer.run_stage(k, stage, state if k == first else None)
         else:
             run_init_stage(model, stage, k, train_graphs, val_graphs, config)

@@ -24,13 +24,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import LossConfig, StageConfig, TrainConfig
 from ..data.batch import Graph, collate
 from ..fileio import atomic_path
 from ..metrics import nll_scale, rll
 from ..model import ShallowEnsemble
+from .config import LossConfig, StageConfig, TrainConfig
 from .init import centre_features, solve_shared_last_layer
 from .objectives import rescale_spread, stage_loss
+from .stages import STAGES
 
 LOG = logging.getLogger(__name__)
 
@@ -167,9 +168,7 @@ class Trainer:
         if stage.energy_weight is not None:
             loss = dataclasses.replace(loss, energy_weight=stage.energy_weight)
         patience = self.cfg.patience if stage.patience is None else stage.patience
-        monitor = stage.monitor
-        if monitor == "auto":
-            monitor = "force-nll" if stage.kind == "force-nll" else "loss"
+        monitor = STAGES[stage.kind].monitor if stage.monitor == "auto" else stage.monitor
         return loss, patience, ("forces" if monitor == "force-nll" else "loss")
 
     def run_stage(self, stage_index: int, stage: StageConfig, state: dict | None) -> None:
@@ -200,7 +199,8 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
             progress.update(state["progress"])
             best_model = state.get("best_model")
-        if progress["epoch"] == 0 and stage.kind in ("energy-nll", "force-nll"):
+        uncertainty = STAGES[stage.kind].uncertainty
+        if progress["epoch"] == 0 and uncertainty:
             centre_features(self.model, self.train)
             sample = collate(self.train[:16], dtype=self.model.dtype).to(self.device)
             scale = rescale_spread(self.model, sample, stage.kind, loss_cfg)
@@ -240,7 +240,7 @@ class Trainer:
         LOG.info("stage %d: last-layer features re-centred on the training frames (largest "
                  "move %.3g; the mean prediction is unchanged, member offsets are removed)",
                  stage_index, moved)
-        if stage.kind in ("energy-nll", "force-nll") and loss_cfg.uncertainty_loss == "nll":
+        if uncertainty and loss_cfg.uncertainty_loss == "nll":
             delta, shift = solve_shared_last_layer(self.model, self.train, loss_cfg, stage.kind)
             LOG.info("stage %d: shared last layer moved to the optimum of the stage loss with "
                      "σ fixed (|δ w̄| = %.3g of |w̄| = %.3g; Δβ = %s; zero when training had "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .thresholds import TrustLevels
+from ..thresholds import TrustLevels
 
 
 def plot_uncertainty(time_fs: np.ndarray, energy_per_atom_eV: np.ndarray,

@@ -1,35 +1,13 @@
-"""Verbs ``md`` and ``reweight`` of the ``shallow-ensembles`` command (parsing only).
-
-Heavy modules (torch, ASE dynamics, matplotlib) are imported inside the functions, so
-``--help`` stays instant. ``md`` exits 0 when the run completed, 3 when a stop action, a
-rollback or a callback ended it early, 4 when the guard stopped it (``cli.py``).
-"""
+"""Verb ``reweight``: committee reweighting of MD averages (parsing and printing only)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .cli import config_preamble
-
 
 def register(subparsers) -> None:
-    """Add the ``md`` and ``reweight`` verbs."""
-    md = subparsers.add_parser(
-        "md", help="uncertainty-monitored MD with ASE",
-        description="Run an MD protocol (md_protocols/*.yaml) with the uncertainty monitor.")
-    md.add_argument("protocol", nargs="?", help="protocol YAML")
-    md.add_argument("--model", help="model file (.pt)")
-    md.add_argument("--structure", help="starting structure (ASE-readable; last frame)")
-    md.add_argument("--output", help="output folder")
-    md.add_argument("--steps", type=int, help="number of steps (overrides the protocol)")
-    md.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a protocol option, e.g. --set dynamics.temperature_K=350")
-    md.add_argument("--no-progress", action="store_true", help="no progress bar")
-    md.add_argument("--print-defaults", action="store_true",
-                    help="print every protocol option with its default and exit")
-    md.set_defaults(func=md_command)
-
+    """Add the ``reweight`` verb."""
     rw = subparsers.add_parser(
         "reweight", help="committee reweighting of MD averages",
         description="<A> ± σ over the committee from member energies logged along a run on the "
@@ -52,57 +30,14 @@ def register(subparsers) -> None:
     rw.set_defaults(func=reweight_command)
 
 
-def md_command(args: argparse.Namespace) -> int:
-    """``shallow-ensembles md``: run the protocol and print a closing summary."""
-    from .errors import ConfigError
-    from .md.config import MDConfig
-
-    code = config_preamble(args, MDConfig, "md")
-    if code is not None:
-        return code
-    missing = [flag for flag, value in (("PROTOCOL", args.protocol), ("--model", args.model),
-                                        ("--structure", args.structure),
-                                        ("--output", args.output)) if not value]
-    if missing:
-        raise ConfigError("md", f"missing {', '.join(missing)}")
-
-    from .md.config import load_md_config
-    from .md.run import read_structure, run_md
-
-    config = load_md_config(args.protocol, args.overrides)
-    atoms = read_structure(args.structure)
-    result = run_md(atoms, args.model, config, args.output, steps=args.steps,
-                    progress=not args.no_progress)
-    print(f"steps run:        {result.steps_run}")
-    print(f"outcome:          {result.message}")
-    print(f"candidates saved: {result.candidates_saved}"
-          + "".join(f"\n  {name}: {n}" for name, n in result.saved.items()))
-    for label, record in (("first candidate", result.first_candidate),
-                          ("first failed", result.first_failed)):
-        if record is not None:
-            target = record.get("target_temperature_K")
-            print(f"{label + ':':17} step {record['step']}, {record['time_fs']:.1f} fs, "
-                  f"T = {record['temperature_K']:.1f} K"
-                  + (f" (target {target:.1f} K)" if target is not None else ""))
-    print(f"outputs in:       {result.output_dir}")
-    return exit_code(result.stop_reason)
-
-
-def exit_code(stop_reason: str) -> int:
-    """The exit status of ``md`` for :attr:`MDResult.stop_reason` (table in ``cli.py``)."""
-    from .cli import EXIT_GUARD, EXIT_STOPPED
-
-    return {"completed": 0, "guard": EXIT_GUARD}.get(stop_reason, EXIT_STOPPED)
-
-
 def reweight_command(args: argparse.Namespace) -> int:
     """``shallow-ensembles reweight``: print <A> ± σ and the effective sample size."""
     from pathlib import Path
 
     import numpy as np
 
-    from .errors import DataError
-    from .md.reweight import observable_from_property, read_energies, reweight
+    from ..errors import DataError
+    from ..md.reweight import observable_from_property, read_energies, reweight
 
     energies, frames = read_energies(args.energies, unit=args.energy_unit)
     if args.observable:

@@ -20,7 +20,7 @@ def cmd_export(args) -> int:
     """``shallow-ensembles export``."""
     import sys
 
-    from .export import export_model
+    from ..export import export_model
 
     path = export_model(args.model, args.output, dtype=args.dtype)
     print(f"wrote {path}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import config_preamble, log_to_stderr
+from .common import config_preamble, log_to_stderr
 
 
 def register(subparsers) -> None:
@@ -28,12 +28,12 @@ def register(subparsers) -> None:
 
 def active_learn_command(args: argparse.Namespace) -> int:
     """``shallow-ensembles active-learn``: run the loop and print the per-round table."""
-    from .active_learning.config import ActiveLearningConfig
+    from ..active_learning.config import ActiveLearningConfig
 
     code = config_preamble(args, ActiveLearningConfig, "active-learn", required="protocol")
     if code is not None:
         return code
-    from .active_learning import load_al_config, run_active_learning
+    from ..active_learning import load_al_config, run_active_learning
 
     config = load_al_config(args.protocol, args.overrides)
     log_to_stderr()

@@ -1,4 +1,4 @@
-"""CLI verbs of the i-PI integration: ``ipi-driver`` and ``ipi run`` (nothing heavy imported here).
+"""Verbs ``ipi-driver`` and ``ipi run``: the i-PI integration (nothing heavy imported here).
 
 ::
 
@@ -94,7 +94,7 @@ def _driver_kwargs(args) -> dict:
 
 
 def _run_driver(args) -> int:
-    from .ipi.driver import ShallowEnsembleDriver, serve
+    from ..ipi.driver import ShallowEnsembleDriver, serve
 
     if args.address is not None and args.port is None:
         print("error: --address needs --port", file=sys.stderr)
@@ -123,7 +123,7 @@ def _run_driver(args) -> int:
 
 
 def _run_ipi(args) -> int:
-    from .ipi.run import IPIRunError, run_ipi
+    from ..ipi.run import IPIRunError, run_ipi
 
     _set_threads(args)
     try:
