@@ -101,3 +101,16 @@ def bad_input(case, model, structure, tmp_path):
     ase.io.write(methane, Atoms(molecule("CH4"), cell=[6, 6, 6], pbc=True))
     return model, methane
 
+
+
+def run_protocol(atoms, model_or_calc, protocol, output, **kwargs):
+    """``run_md`` with a model (wrapped in our calculator) or a calculator, and a protocol
+    mapping (validated by ``load_md_config``)."""
+    from ase.calculators.calculator import BaseCalculator
+
+    from shallow_ensembles.calculator import ShallowEnsembleCalculator
+    from shallow_ensembles.md import load_md_config, run_md
+
+    calc = model_or_calc if isinstance(model_or_calc, BaseCalculator) \
+        else ShallowEnsembleCalculator(model_or_calc)
+    return run_md(atoms, calc, load_md_config(protocol), output, **kwargs)

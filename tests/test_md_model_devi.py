@@ -10,9 +10,8 @@ import pytest
 from ase import Atoms
 from ase.build import molecule
 
-from conftest import tiny_model
+from conftest import run_protocol, tiny_model
 from shallow_ensembles.md.logs import MODEL_DEVI_HEADER, ddof0_factor, model_devi_row
-from shallow_ensembles.md.run import run_md
 
 # The header line of LAMMPS' pair deepmd and of deepmd.infer.model_devi.write_model_devi_out.
 DEEPMD_HEADER = ("#       step         max_devi_v         min_devi_v         avg_devi_v"
@@ -80,7 +79,7 @@ def test_file_written_by_a_run_matches_the_trajectory(tmp_path):
                              "seed": 3},
                 "logging": {"model_devi": True, "trajectory_interval": 1, "plot": False,
                             "trajectory_member_forces": True}}
-    run_md(atoms, model, protocol, tmp_path, steps=3)
+    run_protocol(atoms, model, protocol, tmp_path, steps=3)
     lines = (tmp_path / "model_devi.out").read_text().splitlines()
     assert lines[0] == DEEPMD_HEADER
     assert len(lines[1]) == 12 + 7 * 19  # DeePMD's "%12d" + 7 × "%19.6e"

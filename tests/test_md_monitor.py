@@ -14,10 +14,10 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.md.verlet import VelocityVerlet
 
+from conftest import run_protocol
 from shallow_ensembles import conventions as K
 from shallow_ensembles.errors import DataError, ThresholdExceeded
 from shallow_ensembles.md import ActionConfig, GuardConfig, MonitorConfig, UncertaintyMonitor
-from shallow_ensembles.md.run import run_md
 from shallow_ensembles.thresholds import TrustLevels
 
 M = 4
@@ -335,7 +335,7 @@ def test_guard_catches_nan_positions_refused_by_the_calculator(tmp_path):
     protocol = {"dynamics": {"kind": "velocity_verlet", "timestep_fs": 1.0},
                 "guard": {"check_interval": 100},
                 "logging": {"plot": False, "trajectory_interval": 0}}
-    result = run_md(atoms, calc, protocol, tmp_path, steps=10)
+    result = run_protocol(atoms, calc, protocol, tmp_path, steps=10)
     assert result.stop_reason == "guard" and result.stop.step == 4
     assert result.stop.exception.quantity == "non_finite_positions"
     assert result.stop.frame_step == 0

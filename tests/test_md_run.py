@@ -8,11 +8,11 @@ import pytest
 import yaml
 from ase import units
 
-from conftest import tiny_model
+from conftest import run_protocol, tiny_model
 from shallow_ensembles import conventions as K
 from shallow_ensembles.config import template
 from shallow_ensembles.errors import ConfigError
-from shallow_ensembles.md import MDConfig, load_md_config, run_md
+from shallow_ensembles.md import MDConfig, load_md_config
 from shallow_ensembles.md.run import read_structure
 from test_md_model_devi import water_box
 from test_md_monitor import ScheduledCalc, drifting_atoms
@@ -41,7 +41,7 @@ def nve_drift(model, frame, timestep_fs, steps, tmp_path):
     protocol = {"dynamics": {"kind": "velocity_verlet", "timestep_fs": timestep_fs,
                              "initial_temperature_K": 300, "seed": 1},
                 "monitor": {"force_interval": 0}, "logging": NO_FILES}
-    run_md(atoms, model, protocol, tmp_path, steps=steps)
+    run_protocol(atoms, model, protocol, tmp_path, steps=steps)
     numbers, _ = table(tmp_path / "md.log")
     return np.abs(numbers[:, 4] - numbers[0, 4]).max(), np.ptp(numbers[:, 3])
 
@@ -73,7 +73,7 @@ def test_every_dynamics_kind_runs_with_the_monitor(dynamics, water, water_model,
     protocol = {"dynamics": {**dynamics, "timestep_fs": 0.5, "seed": 0},
                 "actions": [{"kind": "callback", "callback": "count", "level": "candidate"}],
                 "levels": {"forces_lo_eV_per_A": 1e-9}, "logging": {"plot": False}}
-    result = run_md(atoms, water_model, protocol, tmp_path, steps=4,
+    result = run_protocol(atoms, water_model, protocol, tmp_path, steps=4,
                     callbacks={"count": lambda event: calc_steps.append(event.step)})
     assert result.stop_reason == "completed" and result.steps_run == 4
     assert calc_steps == [0, 1, 2, 3, 4]
@@ -91,7 +91,7 @@ def test_outputs_of_a_run(water, water_model, tmp_path):
                              "seed": 0},
                 "levels": {"forces_lo_eV_per_A": 100.0},
                 "logging": {"trajectory_interval": 2}}
-    run_md(atoms, water_model, protocol, tmp_path, steps=6)
+    run_protocol(atoms, water_model, protocol, tmp_path, steps=6)
     for name in ("resolved_config.yaml", "md.log", "trajectory.extxyz", "committee_energies.dat",
                  "final.extxyz", "sigma.png", "summary.yaml"):
         assert (tmp_path / name).is_file(), name
@@ -130,7 +130,7 @@ def test_heating_ramp_reports_the_temperature_of_the_first_candidate(tmp_path):
                              "final_temperature_K": 1300, "friction_per_fs": 0.05, "seed": 0},
                 "levels": {"forces_lo_eV_per_A": 0.045, "forces_hi_eV_per_A": 0.075},
                 "actions": [{"kind": "stop", "level": "failed"}], "logging": NO_FILES}
-    result = run_md(drifting_atoms(), calc, protocol, tmp_path, steps=10)
+    result = run_protocol(drifting_atoms(), calc, protocol, tmp_path, steps=10)
     assert result.stop_reason == "stop" and result.stop.step == 8
     assert result.first_candidate["step"] == 5 and result.first_failed["step"] == 8
     assert result.first_candidate["target_temperature_K"] == pytest.approx(800.0)
@@ -147,7 +147,7 @@ def test_bussi_ramp_moves_the_target(water, water_model, tmp_path):
     protocol = {"dynamics": {"kind": "bussi", "temperature_K": 300, "final_temperature_K": 600,
                              "tdamp_fs": 10, "seed": 0},
                 "monitor": {"force_interval": 0}, "logging": NO_FILES}
-    run_md(atoms, water_model, protocol, tmp_path, steps=3)
+    run_protocol(atoms, water_model, protocol, tmp_path, steps=3)
     # after step 3 the observer has set the target of step 4 = 300 + 300·4/3 (clamped to 600)
     # the Bussi target kinetic energy follows
     targets = np.loadtxt(tmp_path / "md.log", usecols=9)
@@ -198,7 +198,7 @@ def test_timestep_is_in_fs(water, water_model, tmp_path):
     protocol = {"dynamics": {"kind": "velocity_verlet", "timestep_fs": 0.25,
                              "initial_temperature_K": 0},
                 "monitor": {"force_interval": 0}, "logging": NO_FILES}
-    from shallow_ensembles.md.run import build_dynamics
+    from shallow_ensembles.md.dynamics import build_dynamics
 
     dyn, target = build_dynamics(atoms, load_md_config(protocol).dynamics, 10)
     assert dyn.dt == pytest.approx(0.25 * units.fs) and target is None
@@ -218,7 +218,7 @@ def test_python_api_with_a_callback_function(tmp_path):
                       levels=TrustLevels(forces_lo_eV_per_A=0.1),
                       actions=(ActionConfig(kind="callback", callback=on_candidate),))
     calc = ScheduledCalc(force_sigma=lambda s: 0.2 if s >= 3 else 0.0)
-    result = run_md(drifting_atoms(), calc, config, tmp_path, steps=5)
+    result = run_protocol(drifting_atoms(), calc, config, tmp_path, steps=5)
     assert seen == [3, 4, 5] and result.stop_reason == "completed"
     resolved = yaml.safe_load((tmp_path / "resolved_config.yaml").read_text())
     assert resolved["actions"][0]["callback"].endswith("on_candidate")

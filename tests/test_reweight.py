@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from ase import units
 
-from conftest import tiny_model
+from conftest import run_protocol, tiny_model
 from shallow_ensembles.cli import main
 from shallow_ensembles.errors import DataError
-from shallow_ensembles.md import read_energies, reweight, run_md
+from shallow_ensembles.md import read_energies, reweight
 from shallow_ensembles.md.reweight import (
     ReweightWarning,
     density,
@@ -199,7 +199,7 @@ def test_reads_our_run_and_the_cli_prints_the_average(tmp_path, capsys):
                              "seed": 0},
                 "monitor": {"force_interval": 0},
                 "logging": {"trajectory_interval": 1, "plot": False}}
-    run_md(atoms, model, protocol, tmp_path, steps=5)
+    run_protocol(atoms, model, protocol, tmp_path, steps=5)
     from_dat, none = read_energies(tmp_path / "committee_energies.dat")
     from_traj, frames = read_energies(tmp_path / "trajectory.extxyz")
     assert none is None and len(frames) == 6 and from_dat.shape == (6, 4)

@@ -2,7 +2,7 @@
 
 Inputs everywhere: ``residual`` r = y − μ and ``sigma`` σ (standard deviation, same unit, > 0),
 flat arrays of the same length: one entry per structure (energies) or per Cartesian component
-(forces). Method notes, "Metrics".
+(forces). docs/method.md, "Metrics".
 """
 
 from __future__ import annotations

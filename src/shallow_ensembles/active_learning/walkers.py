@@ -11,6 +11,7 @@ from typing import Any
 import ase.io
 from ase import Atoms
 
+from ..calculator import ShallowEnsembleCalculator
 from ..md.config import MDConfig
 from ..md.run import MDResult, run_md
 from ..model import ShallowEnsemble
@@ -39,7 +40,7 @@ def run_walkers(model: ShallowEnsemble, md: MDConfig, walkers: WalkersConfig,
         atoms = Atoms(numbers=start.numbers, positions=start.positions, cell=start.cell,
                       pbc=start.pbc)
         protocol = walker_protocol(md, temperature, seed + 1000 * k, walkers.steps)
-        result = run_md(atoms, model, protocol, folder / name)
+        result = run_md(atoms, ShallowEnsembleCalculator(model), protocol, folder / name)
         frames = collect_candidates(result, name, k)
         pool += frames
         records.append({"walker": name, "temperature_K": temperature, "seed": seed + 1000 * k,

@@ -44,13 +44,14 @@ def md_command(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError("md", f"missing {', '.join(missing)}")
 
+    from ..calculator import ShallowEnsembleCalculator
     from ..md.config import load_md_config
     from ..md.run import read_structure, run_md
 
     config = load_md_config(args.protocol, args.overrides)
     atoms = read_structure(args.structure)
-    result = run_md(atoms, args.model, config, args.output, steps=args.steps,
-                    progress=not args.no_progress)
+    result = run_md(atoms, ShallowEnsembleCalculator(args.model), config, args.output,
+                    steps=args.steps, progress=not args.no_progress)
     print(f"steps run:        {result.steps_run}")
     print(f"outcome:          {result.message}")
     print(f"candidates saved: {result.candidates_saved}"

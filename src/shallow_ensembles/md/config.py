@@ -21,58 +21,23 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..config import load_config, to_dict
 from ..errors import ConfigError
 from ..thresholds import CANDIDATE, FAILED, ActionLevel, TrustLevels
-
-DynamicsKind = Literal[
-    "velocity_verlet", "langevin", "bussi", "nose_hoover_chain", "isotropic_mtk_npt",
-    "langevin_baoab",
-]
-
-# Kind-specific options of DynamicsConfig: which a kind uses, which it needs.
-_DYNAMICS_OPTIONS = ("temperature_K", "final_temperature_K", "friction_per_fs", "tdamp_fs",
-                     "pressure_bar", "pdamp_fs")
-_USES: dict[str, set[str]] = {
-    "velocity_verlet": set(),
-    "langevin": {"temperature_K", "friction_per_fs", "final_temperature_K"},
-    "bussi": {"temperature_K", "tdamp_fs", "final_temperature_K"},
-    "nose_hoover_chain": {"temperature_K", "tdamp_fs"},
-    "isotropic_mtk_npt": {"temperature_K", "tdamp_fs", "pressure_bar", "pdamp_fs"},
-    "langevin_baoab": {"temperature_K", "tdamp_fs", "pressure_bar", "pdamp_fs",
-                       "final_temperature_K"},
-}
-_NEEDS: dict[str, set[str]] = {
-    "velocity_verlet": set(),
-    "langevin": {"temperature_K", "friction_per_fs"},
-    "bussi": {"temperature_K", "tdamp_fs"},
-    "nose_hoover_chain": {"temperature_K", "tdamp_fs"},
-    "isotropic_mtk_npt": {"temperature_K", "tdamp_fs", "pressure_bar", "pdamp_fs"},
-    "langevin_baoab": {"temperature_K", "tdamp_fs"},
-}
+from .actions import action_class
+from .dynamics import KIND_OPTIONS, integrator
 
 
 @dataclass(frozen=True)
 class DynamicsConfig:
-    """The ASE integrator, selected by ``kind``; options a kind does not use must stay null.
+    """The ASE integrator, selected by ``kind`` (the table of :mod:`.dynamics`); options a kind
+    does not use must stay null."""
 
-    =====================  ==============================================  ==================
-    kind                   ASE class                                       needs
-    =====================  ==============================================  ==================
-    velocity_verlet        VelocityVerlet (NVE)                            --
-    langevin               Langevin(fixcm=False) (NVT)                     T, friction
-    bussi                  Bussi (NVT, stochastic velocity rescaling)      T, tdamp
-    nose_hoover_chain      NoseHooverChainNVT                              T, tdamp
-    isotropic_mtk_npt      IsotropicMTKNPT                                 T, tdamp, P, pdamp
-    langevin_baoab         LangevinBAOAB (NVT; NPT with pressure_bar)      T, tdamp
-    =====================  ==============================================  ==================
-    """
-
-    kind: DynamicsKind = "velocity_verlet"
-    """Integrator: velocity_verlet, langevin, bussi, nose_hoover_chain, isotropic_mtk_npt or
-    langevin_baoab."""
+    kind: str = "velocity_verlet"
+    """Integrator: velocity_verlet, langevin, bussi, nose_hoover_chain, isotropic_mtk_npt,
+    langevin_baoab (``md/dynamics.py``)."""
     timestep_fs: float = 0.5
     """Integration time step, fs."""
     temperature_K: float | None = None
@@ -98,12 +63,13 @@ class DynamicsConfig:
     def __post_init__(self):
         if self.timestep_fs <= 0:
             raise ConfigError("dynamics.timestep_fs", f"expected > 0, got {self.timestep_fs}")
-        for name in _DYNAMICS_OPTIONS:
+        entry = integrator(self.kind)
+        for name in (*KIND_OPTIONS, "final_temperature_K"):
             value = getattr(self, name)
-            if value is not None and name not in _USES[self.kind]:
+            if value is not None and name not in entry.options:
                 raise ConfigError(f"dynamics.{name}",
                                   f"not used by kind '{self.kind}'; remove it or set null")
-        for name in sorted(_NEEDS[self.kind]):
+        for name in sorted(entry.needs):
             if getattr(self, name) is None:
                 raise ConfigError(f"dynamics.{name}", f"required for kind '{self.kind}'")
         for name in ("temperature_K", "final_temperature_K", "initial_temperature_K"):
@@ -118,7 +84,7 @@ class DynamicsConfig:
     @property
     def thermostatted(self) -> bool:
         """Whether the integrator has a target temperature."""
-        return self.kind != "velocity_verlet"
+        return "temperature_K" in integrator(self.kind).uses
 
 
 @dataclass(frozen=True)
@@ -159,8 +125,6 @@ class MonitorConfig:
                            forces_hi_eV_per_A=self.relative_forces_hi)
 
 
-ActionKind = Literal["log", "save", "stop", "rollback", "callback"]
-
 DEFAULT_SAVE_FILES = {CANDIDATE: "candidates.extxyz", FAILED: "failed.extxyz"}
 
 
@@ -173,9 +137,10 @@ class ActionConfig:
     ``patience_steps``, then at most once every ``min_spacing_steps``.
     """
 
-    kind: ActionKind = "log"
+    kind: str = "log"
     """log (a line in events.log), save (append the frame with its σ to an extxyz file), stop,
-    rollback (restore the last trusted frame, then stop) or callback (a Python function)."""
+    rollback (restore the last trusted frame, then stop) or callback (a Python function): the
+    classes of ``md/actions.py``."""
     level: ActionLevel = CANDIDATE
     """Trust level that triggers the action."""
     patience_steps: int = 1
@@ -192,19 +157,20 @@ class ActionConfig:
     it gets a MonitorEvent and may raise ThresholdExceeded to stop the run."""
 
     def __post_init__(self):
-        # Paths use "actions[]": load_md_config fills in the index of the failing action.
+        # Paths use "actions[]": the loader fills in the index of the failing action.
+        kind = action_class(self.kind)
         if self.patience_steps < 1:
             raise ConfigError("actions[].patience_steps",
                               f"expected >= 1, got {self.patience_steps}")
         if self.min_spacing_steps < 0:
             raise ConfigError("actions[].min_spacing_steps",
                               f"expected >= 0, got {self.min_spacing_steps}")
-        if self.kind == "callback" and self.callback is None:
-            raise ConfigError("actions[].callback", "required for kind 'callback'")
-        if self.kind != "callback" and self.callback is not None:
-            raise ConfigError("actions[].callback", f"not used by kind '{self.kind}'")
-        if self.kind != "save" and self.filename is not None:
-            raise ConfigError("actions[].filename", f"not used by kind '{self.kind}'")
+        for name in ("filename", "callback"):
+            value = getattr(self, name)
+            if value is None and name in kind.required:
+                raise ConfigError(f"actions[].{name}", f"required for kind '{self.kind}'")
+            if value is not None and name not in kind.options:
+                raise ConfigError(f"actions[].{name}", f"not used by kind '{self.kind}'")
 
     @property
     def save_filename(self) -> str:

@@ -1,27 +1,13 @@
-"""The uncertainty monitor: an ASE observer that measures σ every step, classifies and acts.
+"""The uncertainty monitor: an ASE observer that measures σ every step, decides and acts.
 
-Quantities (standard deviations with ddof=1 of the calibrated ensemble, see
-``shallow_ensembles.conventions``):
-
-===================================  =======  ==================================================
-quantity                             unit     definition
-===================================  =======  ==================================================
-energy_uncertainty_per_atom          eV/atom  σ_E / N, every step (free with the forward pass)
-max_forces_uncertainty               eV/Å     max_i ‖σ(F_i)‖, ‖σ(F_i)‖ = sqrt(Σ_xyz σ²) (DeePMD's
-                                              max_devi_f definition, but ddof=1), every
-                                              force_interval steps (needs member forces)
-max_relative_forces_uncertainty      --       max_i ‖σ(F_i)‖ / (‖F̄_i‖ + ε), with the force σ
-===================================  =======  ==================================================
-
-Levels follow DP-GEN: trusted < lo ≤ candidate < hi ≤ failed; a frame's level is the worst over
-its quantities (:class:`~shallow_ensembles.thresholds.TrustLevels`). On a step without member
-forces the level comes from σ_E alone: such a *partial* step can prove that a level was
-reached, never that it was not, so it leaves the patience counters and the last trusted frame
-alone.
-
-Order within one call: guard → measure and copy σ into ``atoms.info``/``atoms.arrays`` → sinks
-(table, trajectory, ...) → remember the frame → actions (log, save, callback, then stop and
-rollback, which raise :class:`~shallow_ensembles.errors.ThresholdExceeded`).
+One call per step, in order: guard (NaN/inf, huge forces, close contacts) → **measure**
+(:func:`~shallow_ensembles.md.measure.measure`: σ copied into ``atoms.info``/``atoms.arrays``,
+the frame's level) → sinks (table, trajectory, ...) → **record** (the records, the first
+candidate and failed steps, the last good and last trusted frames) → **decide and act** (each
+:class:`~shallow_ensembles.md.actions.Action` decides with ``due`` and acts with ``fire``: log,
+save, callback, then stop and rollback, which raise
+:class:`~shallow_ensembles.errors.ThresholdExceeded`). A partial step (no force σ) leaves the
+patience counters and the last trusted frame alone.
 """
 
 from __future__ import annotations
@@ -30,59 +16,24 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import ase.io
 import numpy as np
 from ase import Atoms, units
 
-from .. import conventions as K
 from ..calculator import attach_uncertainty
-from ..errors import ConfigError, ThresholdExceeded
+from ..errors import ThresholdExceeded
 from ..thresholds import CANDIDATE, FAILED, LEVEL_ORDER, TRUSTED, TrustLevels
+from .actions import build_actions
 from .config import ActionConfig, GuardConfig, MonitorConfig
 from .guard import Guard, Violation
+from .measure import STALE_ARRAYS, StepRecord, measure
 
 logger = logging.getLogger(__name__)
-
-# Keys written into atoms.info by the monitor, besides attach_uncertainty's.
-STEP_KEY = "md_step"  # () | MD step of the frame
-TIME_KEY = "md_time_fs"  # () | fs
-LEVEL_KEY = "trust_level"  # () | trusted, candidate or failed
-RELATIVE_KEY = "max_relative_forces_uncertainty"  # () | dimensionless
-TEMPERATURE_KEY = "temperature_K"  # () | K, instantaneous kinetic temperature
 
 LAST_GOOD_FILE = "last_good.extxyz"
 ROLLBACK_FILE = "rollback.extxyz"
 EVENTS_FILE = "events.log"
-
-_STALE_INFO = (K.MAX_FORCES_UNCERTAINTY, K.STRESS_UNCERTAINTY, K.STRESS_ENSEMBLE, RELATIVE_KEY)
-_STALE_ARRAYS = (K.FORCES_UNCERTAINTY, K.FORCES_UNCERTAINTY_NORM, K.FORCES_ENSEMBLE)
-_ORDER = {"log": 0, "save": 1, "callback": 2, "stop": 3, "rollback": 3}
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """What the monitor measured at one step (σ: standard deviations, ddof=1, calibrated)."""
-
-    step: int
-    time_fs: float
-    temperature_K: float
-    """Instantaneous kinetic temperature, K."""
-    target_temperature_K: float | None
-    """Thermostat target at this step, K (None without a thermostat)."""
-    energy_eV: float
-    """Mean potential energy, eV."""
-    total_energy_eV: float
-    """Mean potential plus kinetic energy, eV."""
-    energy_uncertainty_eV: float
-    energy_uncertainty_per_atom_eV: float
-    max_forces_uncertainty_eV_per_A: float | None
-    """None on steps without member forces."""
-    max_relative_forces_uncertainty: float | None
-    level: str
-    complete: bool
-    """Whether every quantity with a level was measured at this step."""
 
 
 @dataclass(frozen=True)
@@ -110,14 +61,6 @@ class StopInfo:
     frame_step: int | None = None
     """rollback: the step of the restored trusted frame; guard: the step of the last good
     frame written (None when there was none)."""
-
-
-@dataclass
-class _Action:
-    config: ActionConfig
-    function: Callable | None = None
-    count: int = 0
-    last_fired: int | None = None
 
 
 class UncertaintyMonitor:
@@ -164,12 +107,9 @@ class UncertaintyMonitor:
         self.sinks = list(sinks)
         self.dynamics = dynamics
         self.target_temperature = target_temperature
-        self._relative_levels = self.settings.relative_levels
-        self._needs_forces = self.levels.needs_forces or self._relative_levels is not None
-        self._actions = sorted((self._resolve(i, a, callbacks or {})
-                                for i, a in enumerate(actions)),
-                               key=lambda a: _ORDER[a.config.kind])
-        self._keep_trusted = any(a.config.kind == "rollback" for a in self._actions)
+        self.actions = build_actions(actions, callbacks)
+        """The actions in firing order."""
+        self._keep_trusted = any(getattr(a, "keeps_trusted_frames", False) for a in self.actions)
         self._calls = 0
         self._events_file = None
         self.records: list[StepRecord] = []
@@ -195,23 +135,6 @@ class UncertaintyMonitor:
         dynamics.insert_observer(self, position=0, interval=interval)
         return self
 
-    @staticmethod
-    def _resolve(index: int, config: ActionConfig, callbacks: Mapping[str, Callable]) -> _Action:
-        if not isinstance(config, ActionConfig):
-            raise ConfigError(f"actions[{index}]", f"expected an ActionConfig, got {config!r}")
-        if config.kind != "callback":
-            return _Action(config)
-        function = config.callback
-        if isinstance(function, str):
-            if function not in callbacks:
-                known = ", ".join(sorted(callbacks)) or "none were given"
-                raise ConfigError(f"actions[{index}].callback",
-                                  f"no callback named '{function}' (known: {known})")
-            function = callbacks[function]
-        if not callable(function):
-            raise ConfigError(f"actions[{index}].callback", f"not callable: {function!r}")
-        return _Action(config, function)
-
     def _step(self) -> int:
         return int(self.dynamics.nsteps) if self.dynamics is not None else self._calls - 1
 
@@ -222,7 +145,8 @@ class UncertaintyMonitor:
 
     # --- the observer ------------------------------------------------------------------------
     def __call__(self) -> None:
-        """Measure, log and act for the current frame (called by the dynamics)."""
+        """Guard, measure, record, decide and act for the current frame (called by the
+        dynamics)."""
         self._calls += 1
         step = self._step()
         checked = self.guard is not None and step % self.guard.config.check_interval == 0
@@ -235,48 +159,18 @@ class UncertaintyMonitor:
         for sink in self.sinks:
             sink(self.atoms, record)
         self._remember(record, checked)
-        self._act(record)
+        for action in self.actions:
+            if action.due(record):
+                event = MonitorEvent(record.step, action.config.kind, action.config.level,
+                                     record, self.atoms, self)
+                self.events.append(event)
+                action.fire(event)
 
     def measure(self, step: int) -> StepRecord:
         """σ of the current frame, copied into ``atoms.info``/``atoms.arrays``; its record."""
-        atoms = self.atoms
-        force_step = self.settings.force_interval > 0 and step % self.settings.force_interval == 0
-        for key in _STALE_INFO:
-            atoms.info.pop(key, None)
-        for key in _STALE_ARRAYS:
-            if key in atoms.arrays:
-                del atoms.arrays[key]
-        attach_uncertainty(atoms, forces=force_step)
-        n_atoms = max(len(atoms), 1)
-        sigma_e = float(atoms.info[K.ENERGY_UNCERTAINTY])
-        max_f = relative = None
-        if force_step:
-            norm = np.asarray(atoms.arrays[K.FORCES_UNCERTAINTY_NORM])
-            max_f = float(norm.max()) if norm.size else 0.0
-            eps = self.settings.relative_epsilon_eV_per_A
-            if eps is not None:
-                mean_norm = np.linalg.norm(atoms.get_forces(), axis=1)
-                relative = float((norm / (mean_norm + eps)).max()) if norm.size else 0.0
-                atoms.info[RELATIVE_KEY] = relative
-        level = self.levels.classify(sigma_e / n_atoms, max_f)
-        if self._relative_levels is not None and relative is not None:
-            level = _worst(level, self._relative_levels.classify(None, relative))
-        epot = float(atoms.get_potential_energy())
-        ekin = float(atoms.get_kinetic_energy())
-        time_fs = self._time_fs()
-        temperature = float(atoms.get_temperature()) if len(atoms) else 0.0
         target = self.target_temperature(step) if self.target_temperature else None
-        atoms.info.update({STEP_KEY: step, TIME_KEY: time_fs, LEVEL_KEY: level,
-                           TEMPERATURE_KEY: temperature})
-        return StepRecord(
-            step=step, time_fs=time_fs, temperature_K=temperature,
-            target_temperature_K=target, energy_eV=epot, total_energy_eV=epot + ekin,
-            energy_uncertainty_eV=sigma_e, energy_uncertainty_per_atom_eV=sigma_e / n_atoms,
-            max_forces_uncertainty_eV_per_A=max_f, max_relative_forces_uncertainty=relative,
-            level=level, complete=force_step or not self._needs_forces,
-        )
+        return measure(self.atoms, step, self._time_fs(), self.levels, self.settings, target)
 
-    # --- bookkeeping -------------------------------------------------------------------------
     def _remember(self, record: StepRecord, checked: bool) -> None:
         for level in (CANDIDATE, FAILED):
             if self.first[level] is None and LEVEL_ORDER[record.level] >= LEVEL_ORDER[level]:
@@ -288,59 +182,11 @@ class UncertaintyMonitor:
         if self._keep_trusted and record.complete and record.level == TRUSTED:
             self.last_trusted = (record.step, frame if frame is not None else self.atoms.copy())
 
-    def _act(self, record: StepRecord) -> None:
-        rank = LEVEL_ORDER[record.level]
-        for action in self._actions:
-            config = action.config
-            target = LEVEL_ORDER[config.level]
-            hit = rank == target or (config.include_worse and rank > target)
-            # A partial step (no force σ) only proves exceedances; an exact-level action also
-            # needs to know the frame is not worse, which only the failed level tells.
-            known = record.complete or (
-                hit and (config.include_worse or rank == LEVEL_ORDER[FAILED]))
-            if not known:
-                continue
-            if not hit:
-                action.count = 0
-                continue
-            action.count += 1
-            if action.count < config.patience_steps:
-                continue
-            if (action.last_fired is not None
-                    and record.step - action.last_fired < config.min_spacing_steps):
-                continue
-            action.last_fired = record.step
-            self._fire(action, record)
-
-    def _fire(self, action: _Action, record: StepRecord) -> None:
-        config = action.config
-        event = MonitorEvent(record.step, config.kind, config.level, record, self.atoms, self)
-        self.events.append(event)
-        if config.kind == "log":
-            self._log(f"step {record.step} ({record.time_fs:.2f} fs): {record.level} frame "
-                      f"({_describe(record)})")
-        elif config.kind == "save":
-            self._save(config.save_filename)
-        elif config.kind == "callback":
-            try:
-                action.function(event)
-            except ThresholdExceeded as exc:
-                self._stopped("callback", record.step, exc)
-                raise
-        elif config.kind == "stop":
-            exc = self._exceeded(record)
-            self._stopped("stop", record.step, exc)
-            raise exc
-        elif config.kind == "rollback":
-            exc = self._exceeded(record)
-            frame_step = self._rollback()
-            self._stopped("rollback", record.step, exc, frame_step)
-            raise exc
-
-    def _exceeded(self, record: StepRecord) -> ThresholdExceeded:
+    # --- what actions do through the monitor -------------------------------------------------
+    def exceeded(self, record: StepRecord) -> ThresholdExceeded:
         """The signal naming the quantity that put the frame at its level."""
         use_hi = record.level == FAILED
-        rel = self._relative_levels
+        rel = self.settings.relative_levels
         rows = [
             ("energy_uncertainty_per_atom_eV", record.energy_uncertainty_per_atom_eV,
              self.levels.energy_per_atom_hi_eV if use_hi else self.levels.energy_per_atom_lo_eV),
@@ -356,18 +202,21 @@ class UncertaintyMonitor:
         return ThresholdExceeded(record.step, "level", float(LEVEL_ORDER[record.level]),
                                  float(LEVEL_ORDER[record.level]), record.level)
 
-    def _stopped(self, reason: str, step: int, exc: ThresholdExceeded,
-                 frame_step: int | None = None) -> None:
+    def stopped(self, reason: str, step: int, exc: ThresholdExceeded,
+                frame_step: int | None = None) -> None:
+        """Record that the run stops at ``step`` for ``reason`` (and log it)."""
         self.stop = StopInfo(reason, step, exc, frame_step)
-        self._log(f"step {step}: {reason}: {exc}")
+        self.log(f"step {step}: {reason}: {exc}")
 
-    def _save(self, filename: str) -> None:
-        # Member forces are computed now if this step had none: saved frames carry every σ.
+    def save_frame(self, filename: str) -> None:
+        """Append the current frame with every σ to ``filename`` (member forces are computed
+        now if this step had none)."""
         attach_uncertainty(self.atoms, forces=True)
         self._write_frame(filename, self.atoms.copy(), append=True)
         self.saved[filename] = self.saved.get(filename, 0) + 1
 
-    def _rollback(self) -> int | None:
+    def rollback(self) -> int | None:
+        """Restore the last trusted frame into the live Atoms; its step (None: none kept)."""
         if self.last_trusted is None:
             return None
         step, frame = self.last_trusted
@@ -376,10 +225,10 @@ class UncertaintyMonitor:
         atoms.set_positions(frame.positions, apply_constraint=False)
         atoms.set_momenta(frame.get_momenta(), apply_constraint=False)
         atoms.info.update(frame.info)
-        for key in _STALE_ARRAYS:
+        for key in STALE_ARRAYS:
             if key in atoms.arrays:
                 del atoms.arrays[key]
-        for key in _STALE_ARRAYS:
+        for key in STALE_ARRAYS:
             if key in frame.arrays:
                 atoms.arrays[key] = frame.arrays[key].copy()
         self._write_frame(ROLLBACK_FILE, frame.copy(), append=False)
@@ -397,7 +246,7 @@ class UncertaintyMonitor:
         if self.last_good is not None:
             frame_step, frame = self.last_good
             self._write_frame(LAST_GOOD_FILE, frame.copy(), append=False)
-        self._stopped("guard", exc.step, exc, frame_step)
+        self.stopped("guard", exc.step, exc, frame_step)
         return self.stop
 
     # --- files -------------------------------------------------------------------------------
@@ -407,7 +256,8 @@ class UncertaintyMonitor:
         atoms.calc = None  # structures and σ only: predictions must not pass for labels
         ase.io.write(self.output_dir / filename, atoms, format="extxyz", append=append)
 
-    def _log(self, line: str) -> None:
+    def log(self, line: str) -> None:
+        """A line in the log and in ``events.log``."""
         logger.info(line)
         if self.output_dir is None:
             return
@@ -442,23 +292,3 @@ class UncertaintyMonitor:
             "max_forces_uncertainty_eV_per_A": column("max_forces_uncertainty_eV_per_A"),
             "max_relative_forces_uncertainty": column("max_relative_forces_uncertainty"),
         }
-
-
-def _worst(a: str, b: str) -> str:
-    return a if LEVEL_ORDER[a] >= LEVEL_ORDER[b] else b
-
-
-def _describe(record: StepRecord) -> str:
-    parts = [f"σ_E/atom = {record.energy_uncertainty_per_atom_eV:.4g} eV"]
-    if record.max_forces_uncertainty_eV_per_A is not None:
-        parts.append(f"max σ_F = {record.max_forces_uncertainty_eV_per_A:.4g} eV/Å")
-    if record.max_relative_forces_uncertainty is not None:
-        parts.append(f"max relative σ_F = {record.max_relative_forces_uncertainty:.4g}")
-    return ", ".join(parts)
-
-
-def record_dict(record: StepRecord | None) -> dict[str, Any] | None:
-    """Plain dictionary of a record (for summaries)."""
-    if record is None:
-        return None
-    return {name: getattr(record, name) for name in StepRecord.__dataclass_fields__}

@@ -2,7 +2,7 @@
 
 A trajectory sampled on the mean potential V̄ = (1/M) Σ_m V_m, with every member energy V_m logged
 per frame, gives the average of an observable A under each member by reweighting, and the spread
-of those averages is the uncertainty of ⟨A⟩ (method notes, "Reweighting"):
+of those averages is the uncertainty of ⟨A⟩ (docs/method.md, "Reweighting"):
 
 - direct: ⟨A⟩_m = Σ_t w_tm A_t / Σ_t w_tm, with w_tm = exp(−β h_tm), h_tm = V_m(t) − V̄(t);
 - cumulant (second-order cumulant expansion): ⟨A⟩_m ≈ ⟨A⟩ − β (⟨A h_m⟩ − ⟨A⟩⟨h_m⟩).
@@ -23,7 +23,7 @@ extras files (Hartree, converted to eV).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -288,4 +288,3 @@ def observable_from_property(name: str, energies: np.ndarray,
 
 
 PROPERTIES: tuple[str, ...] = ("energy", "energy_per_atom", "density", "volume")
-ObservableFn = Callable[[Atoms], float | np.ndarray]

@@ -26,8 +26,7 @@ file                        content
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +34,15 @@ from typing import Any
 import ase.io
 import numpy as np
 import yaml
-from ase import Atoms, units
+from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 
-from ..calculator import ShallowEnsembleCalculator
 from ..errors import ConfigError, DataError, ThresholdExceeded
-from ..model import ShallowEnsemble
 from ..thresholds import CANDIDATE, FAILED
-from .config import DynamicsConfig, MDConfig, load_md_config, replace, resolved_dict
+from .config import MDConfig, replace, resolved_dict
+from .dynamics import TemperatureRamp, build_dynamics
 from .logs import ModelDeviLog, TableLog, TrajectoryLog
-from .monitor import StopInfo, UncertaintyMonitor, record_dict
+from .monitor import StopInfo, UncertaintyMonitor
 
 FILES = {
     "config": "resolved_config.yaml", "table": "md.log", "trajectory": "trajectory.extxyz",
@@ -94,10 +92,9 @@ class MDResult:
         }
 
 
-def run_md(atoms: Atoms, calculator_or_model: BaseCalculator | ShallowEnsemble | str | Path,
-           protocol: MDConfig | dict | str | Path, output_dir: str | Path,
+def run_md(atoms: Atoms, calculator: BaseCalculator, config: MDConfig, output_dir: str | Path,
            steps: int | None = None, *, callbacks: Mapping[str, Callable] | None = None,
-           overrides: Sequence[str] = (), progress: bool = False) -> MDResult:
+           progress: bool = False) -> MDResult:
     """Integrate ``atoms`` with the protocol's dynamics under an :class:`UncertaintyMonitor`.
 
     ``atoms`` is modified in place (positions, momenta, cell, info) and gets the calculator.
@@ -105,13 +102,13 @@ def run_md(atoms: Atoms, calculator_or_model: BaseCalculator | ShallowEnsemble |
     Parameters
     ----------
     atoms : the starting structure (its momenta are kept unless the protocol draws new ones)
-    calculator_or_model : an ASE calculator with ensemble results, a
-        :class:`~shallow_ensembles.model.ShallowEnsemble` or the path of a model file
-    protocol : an :class:`MDConfig`, a mapping or a YAML file (validated here)
+    calculator : an ASE calculator with ensemble results (e.g.
+        :class:`~shallow_ensembles.calculator.ShallowEnsembleCalculator`)
+    config : the protocol (:func:`~shallow_ensembles.md.config.load_md_config` reads files and
+        mappings)
     output_dir : folder of the outputs (created); see the module docstring
-    steps : number of steps, overriding ``protocol.steps``
+    steps : number of steps, overriding ``config.steps``
     callbacks : functions named by ``callback`` actions
-    overrides : ``a.b=value`` strings applied to a YAML protocol
     progress : show a tqdm progress bar on stderr
 
     Returns
@@ -123,7 +120,9 @@ def run_md(atoms: Atoms, calculator_or_model: BaseCalculator | ShallowEnsemble |
     ConfigError for an invalid protocol (naming the dotted key); DataError for a structure the
     model cannot evaluate.
     """
-    config = load_md_config(protocol, overrides)
+    if not isinstance(config, MDConfig):
+        raise TypeError(f"expected an MDConfig (load_md_config reads files and mappings), got "
+                        f"{type(config).__name__}")
     if steps is not None:
         if steps < 0:
             raise ConfigError("steps", f"expected >= 0, got {steps}")
@@ -132,7 +131,7 @@ def run_md(atoms: Atoms, calculator_or_model: BaseCalculator | ShallowEnsemble |
     output.mkdir(parents=True, exist_ok=True)
     (output / FILES["config"]).write_text(
         yaml.safe_dump(resolved_dict(config), sort_keys=False, allow_unicode=True))
-    atoms.calc = _calculator(calculator_or_model)
+    atoms.calc = calculator
     rng = np.random.default_rng(config.dynamics.seed)
     dyn, target = build_dynamics(atoms, config.dynamics, config.steps, rng)
 
@@ -151,7 +150,7 @@ def run_md(atoms: Atoms, calculator_or_model: BaseCalculator | ShallowEnsemble |
                                  sinks=sinks, target_temperature=target)
     monitor.attach(dyn)
     if config.dynamics.final_temperature_K is not None:
-        dyn.attach(_Ramp(dyn, config.dynamics.kind, target))
+        dyn.attach(TemperatureRamp(dyn, config.dynamics.kind, target))
     _integrate(dyn, monitor, config.steps, progress)
 
     final = atoms.copy()
@@ -216,8 +215,8 @@ def _result(dyn, monitor: UncertaintyMonitor, output: Path) -> MDResult:
             files[Path(name).stem] = name
     return MDResult(
         steps_run=int(dyn.nsteps), stop_reason=reason, message=message,
-        saved=dict(monitor.saved), first_candidate=record_dict(monitor.first[CANDIDATE]),
-        first_failed=record_dict(monitor.first[FAILED]), stop=stop, output_dir=output,
+        saved=dict(monitor.saved), first_candidate=_as_dict(monitor.first[CANDIDATE]),
+        first_failed=_as_dict(monitor.first[FAILED]), stop=stop, output_dir=output,
         files=files,
     )
 
@@ -248,124 +247,8 @@ def read_structure(path: str | Path, index: int | str = -1) -> Atoms:
     return start
 
 
-def _calculator(obj) -> BaseCalculator:
-    if isinstance(obj, BaseCalculator):
-        return obj
-    if isinstance(obj, ShallowEnsemble | str | Path):
-        return ShallowEnsembleCalculator(obj)
-    raise TypeError(f"expected an ASE calculator, a ShallowEnsemble or a model path, got {obj!r}")
-
-
-# --- dynamics ----------------------------------------------------------------------------------
-def build_dynamics(atoms: Atoms, config: DynamicsConfig, total_steps: int,
-                   rng: np.random.Generator | None = None):
-    """The ASE dynamics of ``config`` on ``atoms`` (after drawing initial momenta if asked).
-
-    Parameters
-    ----------
-    atoms : Atoms with a calculator
-    config : the dynamics section
-    total_steps : length of the run (the temperature ramp spans it)
-    rng : random numbers for momenta and stochastic thermostats
-
-    Returns
-    -------
-    (dynamics, target) with ``target(step) → K`` the thermostat target temperature (None for
-    velocity_verlet).
-    """
-    from ase.md.bussi import Bussi
-    from ase.md.langevin import Langevin
-    from ase.md.langevinbaoab import LangevinBAOAB
-    from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
-    from ase.md.verlet import VelocityVerlet
-
-    rng = rng if rng is not None else np.random.default_rng()
-    _initial_momenta(atoms, config, rng)
-    dt = config.timestep_fs * units.fs
-    temperature = config.temperature_K
-    kind = config.kind
-    if kind == "velocity_verlet":
-        dyn = VelocityVerlet(atoms, timestep=dt)
-    elif kind == "langevin":
-        dyn = Langevin(atoms, dt, temperature_K=temperature,
-                       friction=config.friction_per_fs / units.fs, fixcm=False, rng=rng)
-    elif kind == "bussi":
-        if atoms.get_kinetic_energy() <= 1e-12:
-            raise ConfigError("dynamics.initial_temperature_K",
-                              "bussi needs nonzero initial momenta; set a temperature > 0")
-        dyn = Bussi(atoms, dt, temperature_K=temperature, taut=config.tdamp_fs * units.fs,
-                    rng=rng)
-    elif kind == "nose_hoover_chain":
-        dyn = NoseHooverChainNVT(atoms, dt, temperature_K=temperature,
-                                 tdamp=config.tdamp_fs * units.fs)
-    elif kind == "isotropic_mtk_npt":
-        _require_cell(atoms, kind)
-        dyn = IsotropicMTKNPT(atoms, dt, temperature_K=temperature,
-                              pressure_au=config.pressure_bar * units.bar,
-                              tdamp=config.tdamp_fs * units.fs, pdamp=config.pdamp_fs * units.fs)
-    elif kind == "langevin_baoab":
-        npt = config.pressure_bar is not None
-        if npt:
-            _require_cell(atoms, kind)
-        pdamp_fs = config.pdamp_fs if config.pdamp_fs is not None else 20 * config.tdamp_fs
-        with warnings.catch_warnings():
-            # ASE announces its barostat-mass heuristic (from P_tau) on every construction.
-            warnings.filterwarnings("ignore", message="Using heuristic P_mass")
-            dyn = LangevinBAOAB(
-                atoms, dt, temperature_K=temperature, T_tau=config.tdamp_fs * units.fs,
-                # ASE's sign convention: a stress is minus a pressure.
-                externalstress=-config.pressure_bar * units.bar if npt else None,
-                hydrostatic=npt, P_tau=pdamp_fs * units.fs if npt else None, rng=rng)
-    else:  # unreachable after validation
-        raise ConfigError("dynamics.kind", f"unknown kind {kind!r}")
-
-    if temperature is None:
-        return dyn, None
-    start, end = temperature, config.final_temperature_K
-    if end is None:
-        return dyn, lambda step: start
-    span = max(total_steps, 1)
-    return dyn, lambda step: start + (end - start) * min(max(step, 0) / span, 1.0)
-
-
-def _initial_momenta(atoms: Atoms, config: DynamicsConfig, rng: np.random.Generator) -> None:
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
-
-    temperature = config.initial_temperature_K
-    if temperature is None and config.temperature_K is not None and not np.any(
-            atoms.get_momenta()):
-        temperature = config.temperature_K
-    if temperature is None:
-        return
-    if temperature == 0:
-        atoms.set_momenta(np.zeros((len(atoms), 3)))
-        return
-    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
-    if len(atoms) > 1:
-        Stationary(atoms, preserve_temperature=True)
-
-
-def _require_cell(atoms: Atoms, kind: str) -> None:
-    if not atoms.pbc.all() or abs(atoms.cell.volume) < 1e-9:
-        raise DataError(f"dynamics kind '{kind}' with a pressure needs a 3-D periodic cell",
-                        key="cell")
-
-
-class _Ramp:
-    """Observer moving the thermostat target to ``target(step + 1)`` after each step."""
-
-    def __init__(self, dyn, kind: str, target: Callable[[int], float]):
-        self.dyn, self.kind, self.target = dyn, kind, target
-
-    def __call__(self) -> None:
-        temperature = self.target(self.dyn.nsteps + 1)
-        if self.kind == "langevin":
-            self.dyn.set_temperature(temperature_K=temperature)
-        elif self.kind == "langevin_baoab":
-            self.dyn.set_temperature(temperature)
-        elif self.kind == "bussi":
-            self.dyn.temp = units.kB * temperature
-            self.dyn.target_kinetic_energy = 0.5 * self.dyn.temp * self.dyn.ndof
+def _as_dict(record) -> dict[str, Any] | None:
+    return None if record is None else record.as_dict()
 
 
 def _plain(value):

@@ -147,22 +147,6 @@ def _monomial_values(vectors: torch.Tensor, monomials) -> torch.Tensor:
                         for a, b, c in monomials], dim=-1)
 
 
-def real_spherical_harmonics(u: torch.Tensor, l_max: int) -> torch.Tensor:
-    """Real spherical harmonics of unit vectors, orthonormal on the sphere.
-
-    Parameters
-    ----------
-    u : torch.Tensor, shape (P, 3), unit vectors
-    l_max : 0 to 3
-
-    Returns
-    -------
-    torch.Tensor, shape (P, (l_max+1)²), ordered l = 0..l_max, m = −l..l
-    """
-    monomials, table = _solid_harmonic_table(l_max)
-    return _monomial_values(u, monomials) @ table.to(u)
-
-
 class PowerSpectrumBackbone(nn.Module):
     """Learnable SOAP-like power spectrum + atom-wise MLP (see the module docstring).
 

@@ -24,7 +24,7 @@ a member offset that is the same in every frame of a composition (a per-member b
 features whose per-species mean is far from zero) cannot arise, so σ_E measures the structure.
 :meth:`ShallowEnsemble.centre_features` moves c_Z and compensates β_Z so that the ensemble mean
 is unchanged. Because the head is linear, E_m = w_m·G + const with G = Σ_i s_Z g_i, so the
-member forces need the Jacobian of G (d rows), not one backward pass per member (method notes,
+member forces need the Jacobian of G (d rows), not one backward pass per member (docs/method.md,
 "Model").
 
 Energies are accumulated in float64 whatever the network's dtype (μ_Z is added and atoms are

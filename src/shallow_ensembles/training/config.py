@@ -18,7 +18,7 @@ from ..config import load_config
 from ..data.config import DataConfig, resolve_data_paths
 from ..errors import ConfigError
 from ..model.config import ModelConfig
-from .stages import PROTOCOLS, check_protocol, stage_kind
+from .stages import PROTOCOLS, STAGES, check_protocol, stage_kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +107,13 @@ class StageConfig:
     """isotropic: noise scale s of the head weights."""
     ridge: float = 1e-6
     """subsample: relative ridge parameter."""
+
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """Fill in the kind's default schedule (``StageKind.schedule``) under the options
+        written (the ``from_dict`` hook)."""
+        kind = STAGES.get(data.get("kind", "mse"))
+        return {**kind.schedule, **data} if kind is not None else data
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Head initialisation for stage 1 of a protocol, and the closed-form steps on the shared last
-layer that stages start and end with. Method notes, "Head initialisation".
+layer that stages start and end with. docs/method.md, "Head initialisation".
 
 Members share everything but their head weights w_m (M, d): the initialisations edit
 ``model.head.weight`` in place and are deterministic for a given generator;

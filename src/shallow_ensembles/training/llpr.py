@@ -1,4 +1,4 @@
-"""Last-layer Laplace / LLPR posterior of the heads. Method notes, "Head initialisation".
+"""Last-layer Laplace / LLPR posterior of the heads. docs/method.md, "Head initialisation".
 
 The heads are a linear model in their weights θ = w on centred structure features x_k
 (``ShallowEnsemble.structure_features``, per-atom normalised): E_k/N_k = θ·x_k + shared/N_k

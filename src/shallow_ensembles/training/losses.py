@@ -1,4 +1,4 @@
-"""Training losses on ensemble predictions (pure functions). Method notes, "Losses".
+"""Training losses on ensemble predictions (pure functions). docs/method.md, "Losses".
 
 Symbols: S structures, N atoms, M members. Energies eV, forces eV/Å. All NLLs drop the
 constant ½ log 2π. Variances come from the members with ddof=1 and are floored at

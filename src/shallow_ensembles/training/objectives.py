@@ -1,4 +1,4 @@
-"""The loss of a trained stage kind on a batch. Method notes, "Losses".
+"""The loss of a trained stage kind on a batch. docs/method.md, "Losses".
 
 Per batch: L = w_E · mean_k N_k^(−a) ℓ_E,k + w_F · mean over atoms and components ℓ_F
 (+ w_S · mean stress MSE). The terms ℓ_E and ℓ_F come from the kind's descriptor in

@@ -8,7 +8,7 @@ the trainer reads its monitor and uncertainty flags, the protocol runner calls i
 ``initialise``. Adding a stage is one :func:`register_stage` call; adding a protocol one
 :func:`register_protocol` call (``tests/test_stages.py`` registers toy ones).
 
-The loss terms (method notes, "Losses"; per structure k, N_k atoms):
+The loss terms (docs/method.md, "Losses"; per structure k, N_k atoms):
 
 ==========  ========================================  =========================================
 energy      ℓ_E                                       weight N^(−a)
