@@ -193,3 +193,53 @@ def test_beta_nll_with_beta_one_pulls_every_mean_like_an_mse():
     torch.testing.assert_close(mean_grad, -residual / variance.mean(), rtol=1e-10, atol=0)
     with pytest.raises(ConfigError, match="energy_nll_beta"):
         LossConfig(energy_nll_beta=1.5)
+
+
+def test_scores_floor_the_predicted_variance_at_the_training_floor():
+    """A component at round-off (r = 1e-4, σ = 1e-6: a symmetric crystal with reference force
+    0) must not dominate the NLL: every score uses N(μ, max(σ², 1e-6)), the distribution the
+    NLL losses train (``LossConfig.variance_floor``)."""
+    from shallow_ensembles.config import LossConfig
+
+    assert metrics.VARIANCE_FLOOR == LossConfig().variance_floor
+    r = np.array([0.3, -0.2, 0.1, 1e-4])
+    sigma = np.array([0.25, 0.3, 0.1, 1e-6])
+
+    def nll(v):
+        return np.mean(0.5 * (np.log(v) + r**2 / v))
+
+    floored = np.maximum(sigma**2, 1e-6)
+    mse = np.full(4, np.mean(r**2))
+    expected = 100 * (nll(floored) - nll(mse)) / (nll(np.maximum(r**2, 1e-12)) - nll(mse))
+    assert metrics.rll(r, sigma) == pytest.approx(expected, rel=1e-12)
+    assert metrics.rll(r, sigma) > 0 > metrics.rll(r, sigma, variance_floor=0)
+    got = metrics.uncertainty_metrics(r, sigma)
+    assert got["nll"] == pytest.approx(nll(floored) + 0.5 * math.log(2 * math.pi))
+    assert got["coverage_1sigma"] == 0.75  # |1e-4| ≤ 1e-3 counts, |0.3| > 0.25 does not
+    assert metrics.coverage(r, sigma, 1.0) == 0.5
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nll_scale_with_a_floor_is_the_nll_optimum(seed):
+    """α of :func:`metrics.nll_scale` against a dense search of the floored NLL; without a
+    floor it is the closed form sqrt(mean (r/σ)²)."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    sigma = np.exp(rng.normal(-5, 2.5, n))
+    sigma[rng.random(n) < 0.05] = 0.0
+    r = rng.normal(size=n) * np.exp(rng.normal(-5, 2.5, n))
+    floor = 1e-6
+
+    def nll(alpha):
+        v = np.maximum((alpha * sigma) ** 2, floor)
+        return np.mean(0.5 * (np.log(v) + r**2 / v))
+
+    alpha = metrics.nll_scale(r, sigma, floor)
+    grid = np.exp(np.linspace(-25, 25, 50001))
+    assert nll(alpha) <= min(nll(a) for a in grid) + 1e-12
+    positive = sigma > 0
+    assert metrics.nll_scale(r[positive], sigma[positive], 0) == pytest.approx(
+        np.sqrt(np.mean((r[positive] / sigma[positive]) ** 2)), rel=1e-12)
+    # far above the floor the floor changes nothing
+    assert metrics.nll_scale(r, sigma + 1.0) == pytest.approx(
+        metrics.nll_scale(r, sigma + 1.0, 0), rel=1e-12)
