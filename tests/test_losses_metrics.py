@@ -199,9 +199,9 @@ def test_scores_floor_the_predicted_variance_at_the_training_floor():
     """A component at round-off (r = 1e-4, σ = 1e-6: a symmetric crystal with reference force
     0) must not dominate the NLL: every score uses N(μ, max(σ², 1e-6)), the distribution the
     NLL losses train (``LossConfig.variance_floor``)."""
-    from shallow_ensembles.config import LossConfig
+    from shallow_ensembles.training.config import LossConfig
 
-    assert metrics.VARIANCE_FLOOR == LossConfig().variance_floor
+    assert LossConfig().variance_floor == metrics.VARIANCE_FLOOR
     r = np.array([0.3, -0.2, 0.1, 1e-4])
     sigma = np.array([0.25, 0.3, 0.1, 1e-6])
 
