@@ -10,6 +10,7 @@ import pytest
 from ase import units
 
 from conftest import run_protocol, tiny_model
+from shallow_ensembles.cli.md import kinds_template
 from shallow_ensembles.errors import ConfigError
 from shallow_ensembles.md import ACTIONS, INTEGRATORS, load_md_config
 from shallow_ensembles.md.actions import Action, register_action
@@ -73,6 +74,7 @@ def test_integrator_options_are_checked_from_the_registry(toys):
         load_md_config({"dynamics": {"kind": "toy_verlet"}})
     with pytest.raises(ConfigError, match="dynamics.kind: expected one of .*toy_verlet"):
         load_md_config({"dynamics": {"kind": "toy-verlet"}})
+    assert "#   toy_verlet: temperature_K" in kinds_template()
 
 
 def test_a_registered_action_fires_with_patience_and_spacing(toys, water, tmp_path):
@@ -95,3 +97,4 @@ def test_action_options_are_checked_from_the_registry(toys):
         load_md_config({"actions": [{"kind": "log"}, {"kind": "count", "filename": "x"}]})
     with pytest.raises(ConfigError, match=r"actions\[0\].kind: expected one of .*'count'"):
         load_md_config({"actions": [{"kind": "cout"}]})
+    assert "#   count: The toy action" in kinds_template()

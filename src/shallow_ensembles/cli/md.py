@@ -37,6 +37,8 @@ def md_command(args: argparse.Namespace) -> int:
 
     code = config_preamble(args, MDConfig, "md")
     if code is not None:
+        if args.print_defaults:
+            print(kinds_template())
         return code
     missing = [flag for flag, value in (("PROTOCOL", args.protocol), ("--model", args.model),
                                         ("--structure", args.structure),
@@ -65,6 +67,20 @@ def md_command(args: argparse.Namespace) -> int:
                   + (f" (target {target:.1f} K)" if target is not None else ""))
     print(f"outputs in:       {result.output_dir}")
     return exit_code(result.stop_reason)
+
+
+def kinds_template() -> str:
+    """Commented lines listing the registered integrators and actions (for the template)."""
+    from ..md.actions import ACTIONS
+    from ..md.dynamics import INTEGRATORS
+
+    lines = ["# Dynamics kinds (dynamics.kind), md/dynamics.py, with the options they need:"]
+    lines += [f"#   {entry.name}: {', '.join(sorted(entry.needs)) or '-'}"
+              for entry in INTEGRATORS.values()]
+    lines.append("# Action kinds (actions[k].kind), md/actions.py:")
+    lines += [f"#   {kind}: {' '.join((cls.__doc__ or '').split())}"
+              for kind, cls in ACTIONS.items()]
+    return "\n".join(lines)
 
 
 def exit_code(stop_reason: str) -> int:
