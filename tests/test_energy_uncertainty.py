@@ -163,3 +163,39 @@ def test_shared_last_layer_is_solved_at_the_stage_optimum(ethanol_frames, kind, 
     # one composition: only Σ_Z n_Z s_Z β_Z is fixed, so compare predictions, not parameters
     torch.testing.assert_close(prediction()[0], energies, rtol=0, atol=1e-7)
     torch.testing.assert_close(prediction()[1], forces, rtol=0, atol=1e-7)
+
+
+def test_frame_weighted_centring_removes_the_per_atom_offset_of_mixed_sizes(ethanol_frames):
+    """Frames of 9 and 18 atoms (an ethanol molecule, and two of them side by side): with
+    ``weighting="frames"`` every member's per-atom deviation averages to zero over the frames
+    (offset share 0 against numpy), the mean is unchanged, and on frames of one size the
+    centre is the plain atom mean."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = list(ethanol_frames[:6])
+    for a, b in zip(ethanol_frames[6:12], ethanol_frames[12:18], strict=True):
+        pair = Atoms(a.numbers.tolist() + b.numbers.tolist(),
+                     positions=np.vstack([a.positions, b.positions + [20.0, 0, 0]]))
+        pair.calc = SinglePointCalculator(pair, energy=a.get_potential_energy()
+                                          + b.get_potential_energy(),
+                                          forces=np.vstack([a.get_forces(), b.get_forces()]))
+        frames.append(pair)
+    model = tiny_model(frames=ethanol_frames[:5])
+    graphs = graphs_from_atoms(frames, model.cutoff)
+    batch = Batch.from_atoms(frames, model.cutoff)
+    n = batch.n_atoms.numpy()
+    before = model.predict(batch, forces=False)
+    centre_features(model, graphs)  # atoms: the 18-atom frames weigh twice
+    atoms = model.predict(batch, forces=False)["energy_ensemble"].detach().numpy()
+    assert offset_share(atoms, n) > 1e-3
+    centre_features(model, graphs, weighting="frames")
+    after = model.predict(batch, forces=False)
+    torch.testing.assert_close(after["energy"], before["energy"], rtol=0, atol=1e-8)
+    assert offset_share(after["energy_ensemble"].detach().numpy(), n) < 1e-10
+    # one size: "frames" is the atom mean
+    one_size = graphs_from_atoms(ethanol_frames[:20], model.cutoff)
+    centre_features(model, one_size)
+    centre = model.feature_centre.clone()
+    assert centre_features(model, one_size, weighting="frames") < 1e-6
+    torch.testing.assert_close(model.feature_centre, centre, rtol=0, atol=1e-6)
