@@ -49,16 +49,15 @@ def centre_features(model: ShallowEnsemble, graphs: Sequence[Graph], batch_size:
     deviation (E_km − Ē_k)/N_k = Σ_Z (n_kZ/N_k) s_Z (w_m − w̄)·(ḡ_kZ − c_Z) averages to zero
     over these frames whatever the heads and compositions: no per-member constant per atom,
     the quantity :func:`~shallow_ensembles.metrics.offset_share` measures. Where all frames
-    have one size the two are the same. Measured on carbon (60 training frames: 10 of 64
-    atoms, 50 of 4): "frames" took the test offset share of two-step-llpr from 0.75 to 0.03
-    (Spearman E 0.13 → 0.34, RMSE_E 18.0 → 15.8 meV/atom) and of two-step-energy-nll from 0.53
-    to 0.21, but from scratch it let σ_E of the 64-atom frames run away (energy NLL: 67 eV/atom;
-    force NLL: RMSE_F 1194 against 1023 meV/Å), so the stages keep "atoms".
+    have one size the two are the same (and computed alike: bit for bit "atoms"). The
+    stages choose with ``StageConfig.centring`` (measurements there).
     Species absent there keep their centre. Returns the largest move of a centre component.
     """
     if weighting not in ("atoms", "frames"):
         raise ValueError(f"weighting must be 'atoms' or 'frames', got {weighting!r}")
     graphs = list(graphs)[:CENTRING_FRAMES]
+    if len({len(g.numbers) for g in graphs}) == 1:
+        weighting = "atoms"  # the same centre; this way bit for bit the same as "atoms"
     sums = counts = None
     was_training = model.training
     model.eval()

@@ -162,9 +162,13 @@ for _kind in (
     register_stage(_kind)
 
 FINE_TUNE: Mapping[str, Any] = MappingProxyType(
-    {"epochs": 30, "learning_rate": 5e-4, "warmup_epochs": 0, "patience": 5})
+    {"epochs": 30, "learning_rate": 5e-4, "warmup_epochs": 0, "patience": 5,
+     "centring": "frames"})
 """The fine-tune of the two-step protocols: no warm-up (the model is trained), its own peak
-learning rate, early stopping on the validation force NLL (README, "Choosing the defaults")."""
+learning rate, early stopping on the validation force NLL, features centred with every frame
+weighted alike (``StageConfig.centring``: over frames of mixed sizes the fine-tuned backbone
+otherwise left each member a per-atom offset on the small frames) (README, "Choosing the
+defaults")."""
 
 register_protocol("mse", "mse")
 register_protocol("energy-nll", "energy-nll")
