@@ -54,7 +54,8 @@ class LossConfig:
     against 45.0 meV/atom, MSE 16.7; RMSE_F 937 against 936 meV/Å) and kept all four NLL
     protocols within 2× the MSE energy error (15.6, 21.3, 27.6, 30.2), but on ethanol force NLL
     from scratch lost RLL_F (18.8 against 21.7) and RMSE_E (1.54 against 1.31): 0 stays the
-    default (README, "Choosing the defaults")."""
+    default; the energy-NLL stage of the named protocols sets 0.5 (``stages[k].energy_nll_beta``;
+    ``training.stages.ENERGY_NLL``) (README, "Choosing the defaults")."""
     variance_floor: float = 1e-6
     """Floor of every NLL variance, eV² or (eV/Å)²."""
     force_nll: Literal["component", "isotropic", "full"] = "component"
@@ -97,6 +98,8 @@ class StageConfig:
     NLL alone; auto: force-nll for force-nll stages, the loss otherwise."""
     energy_weight: float | None = None
     """Weight of the energy term in this stage; null: ``loss.energy_weight``."""
+    energy_nll_beta: float | None = None
+    """β of the β-NLL energy term in this stage; null: ``loss.energy_nll_beta``."""
     trainable: Literal["all", "heads"] = "all"
     """Train all parameters or only the last layer (heads, per-species scales and shifts)."""
     centring: Literal["atoms", "frames"] = "atoms"
@@ -118,6 +121,11 @@ class StageConfig:
     """isotropic: noise scale s of the head weights."""
     ridge: float = 1e-6
     """subsample: relative ridge parameter."""
+
+    def __post_init__(self):
+        if self.energy_nll_beta is not None and not 0 <= self.energy_nll_beta <= 1:
+            raise ConfigError("stages[].energy_nll_beta",
+                              f"expected 0 to 1 or null, got {self.energy_nll_beta}")
 
     @staticmethod
     def upgrade(data: dict) -> dict:

@@ -163,10 +163,13 @@ class Trainer:
         return next(self.model.parameters()).device
 
     def stage_settings(self, stage: StageConfig) -> tuple[LossConfig, int | None, str]:
-        """The stage's loss config (energy weight override), patience and monitored key."""
+        """The stage's loss config (energy weight and β overrides), patience and monitored
+        key."""
         loss = self.config.loss
         if stage.energy_weight is not None:
             loss = dataclasses.replace(loss, energy_weight=stage.energy_weight)
+        if stage.energy_nll_beta is not None:
+            loss = dataclasses.replace(loss, energy_nll_beta=stage.energy_nll_beta)
         patience = self.cfg.patience if stage.patience is None else stage.patience
         monitor = STAGES[stage.kind].monitor if stage.monitor == "auto" else stage.monitor
         return loss, patience, ("forces" if monitor == "force-nll" else "loss")
