@@ -163,3 +163,81 @@ def test_shared_last_layer_is_solved_at_the_stage_optimum(ethanol_frames, kind, 
     # one composition: only Σ_Z n_Z s_Z β_Z is fixed, so compare predictions, not parameters
     torch.testing.assert_close(prediction()[0], energies, rtol=0, atol=1e-7)
     torch.testing.assert_close(prediction()[1], forces, rtol=0, atol=1e-7)
+
+
+def mixed_sizes(frames):
+    """Frames of 9 and 18 atoms: the first 6 ethanol molecules, then 6 pairs of molecules
+    side by side (20 Å apart) labelled with the sums of their energies and their forces."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    mixed = list(frames[:6])
+    for a, b in zip(frames[6:12], frames[12:18], strict=True):
+        pair = Atoms(a.numbers.tolist() + b.numbers.tolist(),
+                     positions=np.vstack([a.positions, b.positions + [20.0, 0, 0]]))
+        pair.calc = SinglePointCalculator(pair, energy=a.get_potential_energy()
+                                          + b.get_potential_energy(),
+                                          forces=np.vstack([a.get_forces(), b.get_forces()]))
+        mixed.append(pair)
+    return mixed
+
+
+def test_frame_weighted_centring_removes_the_per_atom_offset_of_mixed_sizes(ethanol_frames):
+    """Frames of 9 and 18 atoms: with ``weighting="frames"`` every member's per-atom deviation
+    averages to zero over the frames (offset share 0 against numpy), the mean is unchanged,
+    and on frames of one size the centre is the plain atom mean."""
+    frames = mixed_sizes(ethanol_frames)
+    model = tiny_model(frames=ethanol_frames[:5])
+    graphs = graphs_from_atoms(frames, model.cutoff)
+    batch = Batch.from_atoms(frames, model.cutoff)
+    n = batch.n_atoms.numpy()
+    before = model.predict(batch, forces=False)
+    centre_features(model, graphs)  # atoms: the 18-atom frames weigh twice
+    atoms = model.predict(batch, forces=False)["energy_ensemble"].detach().numpy()
+    assert offset_share(atoms, n) > 1e-3
+    centre_features(model, graphs, weighting="frames")
+    after = model.predict(batch, forces=False)
+    torch.testing.assert_close(after["energy"], before["energy"], rtol=0, atol=1e-8)
+    assert offset_share(after["energy_ensemble"].detach().numpy(), n) < 1e-10
+    # one size: "frames" is the atom mean
+    one_size = graphs_from_atoms(ethanol_frames[:20], model.cutoff)
+    centre_features(model, one_size)
+    centre = model.feature_centre.clone()
+    assert centre_features(model, one_size, weighting="frames") < 1e-6
+    torch.testing.assert_close(model.feature_centre, centre, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("centring", ["atoms", "frames"])
+def test_a_stage_centres_the_features_as_its_centring_says(ethanol_frames, tmp_path, centring):
+    """One epoch of force NLL on frames of 9 and 18 atoms: the trained model's feature
+    centre is the one ``StageConfig.centring`` asks for (centring once more moves nothing),
+    and with ``frames`` no member keeps a per-atom offset over the training frames."""
+    from shallow_ensembles.config import from_dict
+    from shallow_ensembles.training import train
+    from shallow_ensembles.training.config import TrainConfig
+
+    frames = mixed_sizes(ethanol_frames)
+    ase.io.write(tmp_path / "train.extxyz", frames)
+    ase.io.write(tmp_path / "validation.extxyz", mixed_sizes(ethanol_frames[18:]))
+    config = from_dict(TrainConfig, {
+        "data": {"train_file": str(tmp_path / "train.extxyz"),
+                 "validation_file": str(tmp_path / "validation.extxyz")},
+        "model": {"n_members": 4, "bottleneck": 4, "dtype": "float64",
+                  "backbone": {"kind": "power-spectrum", "cutoff_A": 4.0, "n_radial": 4,
+                               "l_max": 2, "n_channels": 3, "hidden": [12]}},
+        "protocol": "custom",
+        "stages": [{"kind": "force-nll", "epochs": 1, "centring": centring}],
+        "training": {"batch_size": 4, "threads": 1, "progress": False},
+        "output_dir": str(tmp_path / centring)})
+    model = train(config)
+    graphs = graphs_from_atoms(read_structures(tmp_path / "train.extxyz"), model.cutoff)
+    batch = Batch.from_atoms(frames, model.cutoff)
+    share = offset_share(model.predict(batch, forces=False)["energy_ensemble"].detach().numpy(),
+                         batch.n_atoms.numpy())
+    other = "atoms" if centring == "frames" else "frames"
+    assert centre_features(model, graphs, weighting=centring) < 1e-8
+    assert centre_features(model, graphs, weighting=other) > 1e-4
+    if centring == "frames":
+        assert share < 1e-10
+    else:
+        assert share > 1e-3

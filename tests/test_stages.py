@@ -101,3 +101,22 @@ def test_protocol_defaults_come_from_the_table():
     assert fine_tune.kind == "force-nll"
     assert {k: getattr(fine_tune, k) for k in stages.FINE_TUNE} == dict(stages.FINE_TUNE)
     assert [s.kind for s in protocol_stages("subsample")] == ["mse", "subsample"]
+
+
+def test_a_stage_energy_nll_beta_overrides_the_loss_one(tmp_path):
+    """An energy-NLL stage with ``energy_nll_beta: 0.5`` trains exactly as one with the
+    global ``loss.energy_nll_beta: 0.5``, and not as the plain NLL."""
+    def trained(name, stage_beta, loss_beta):
+        stage = {"kind": "energy-nll", "epochs": 1}
+        if stage_beta is not None:
+            stage["energy_nll_beta"] = stage_beta
+        return train(config(tmp_path, name, protocol="custom", stages=[stage],
+                            loss={"energy_nll_beta": loss_beta})).state_dict()
+
+    by_stage, by_loss, plain = (trained("stage", 0.5, 0.0), trained("loss", None, 0.5),
+                                trained("plain", None, 0.0))
+    assert all(torch.equal(by_stage[k], by_loss[k]) for k in by_stage)
+    assert not all(torch.equal(by_stage[k], plain[k]) for k in by_stage)
+    with pytest.raises(ConfigError, match="energy_nll_beta"):
+        config(tmp_path, "bad", protocol="custom",
+               stages=[{"kind": "energy-nll", "energy_nll_beta": 2.0}])

@@ -55,12 +55,12 @@ def plan(system: System, n_committee: int) -> list[tuple[str, list[dict]]]:
     """(run name, stages) in an order where every stage-1 model exists before it is used."""
     from shallow_ensembles.config import to_dict
     from shallow_ensembles.training.config import default_stage
-    from shallow_ensembles.training.stages import FINE_TUNE
+    from shallow_ensembles.training.stages import ENERGY_NLL, FINE_TUNE
 
     full = {"epochs": system.epochs, "patience": system.patience}
     fine = to_dict(default_stage("force-nll", **FINE_TUNE))
     runs = [("mse", [{"kind": "mse", **full}]),
-            ("energy-nll", [{"kind": "energy-nll", **full}]),
+            ("energy-nll", [{"kind": "energy-nll", **ENERGY_NLL, **full}]),
             ("force-nll-scratch", [{"kind": "force-nll", **full}]),
             ("random-heads", [{"kind": "random-heads"}, {"kind": "member-mse", **full}]),
             ("llpr", [{"kind": "llpr"}]),

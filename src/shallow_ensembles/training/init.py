@@ -39,20 +39,33 @@ def set_head_weights(model: ShallowEnsemble, weights: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def centre_features(model: ShallowEnsemble, graphs: Sequence[Graph], batch_size: int = 16) -> float:
+def centre_features(model: ShallowEnsemble, graphs: Sequence[Graph], batch_size: int = 16,
+                    weighting: str = "atoms") -> float:
     """Centre the last-layer features per species on ``graphs`` (the mean is unchanged).
 
-    c_Z = mean of g_i over the atoms of species Z in the first ``CENTRING_FRAMES`` graphs;
-    species absent there keep their centre. Returns the largest move of a centre component.
+    ``weighting="atoms"`` (default): c_Z = mean of g_i over the atoms of species Z in the
+    first ``CENTRING_FRAMES`` graphs. ``weighting="frames"``: every atom weighted by 1/N_k of
+    its frame, c_Z = Σ_k Σ_{i ∈ k, Z} g_i / N_k / Σ_k n_kZ / N_k; then each member's per-atom
+    deviation (E_km − Ē_k)/N_k = Σ_Z (n_kZ/N_k) s_Z (w_m − w̄)·(ḡ_kZ − c_Z) averages to zero
+    over these frames whatever the heads and compositions: no per-member constant per atom,
+    the quantity :func:`~shallow_ensembles.metrics.offset_share` measures. Where all frames
+    have one size the two are the same (and computed alike: bit for bit "atoms"). The
+    stages choose with ``StageConfig.centring`` (measurements there).
+    Species absent there keep their centre. Returns the largest move of a centre component.
     """
+    if weighting not in ("atoms", "frames"):
+        raise ValueError(f"weighting must be 'atoms' or 'frames', got {weighting!r}")
     graphs = list(graphs)[:CENTRING_FRAMES]
+    if len({len(g.numbers) for g in graphs}) == 1:
+        weighting = "atoms"  # the same centre; this way bit for bit the same as "atoms"
     sums = counts = None
     was_training = model.training
     model.eval()
     for start in range(0, len(graphs), batch_size):
         batch = collate(graphs[start:start + batch_size], dtype=model.dtype).to(
             model.feature_centre.device)
-        s, c = model.species_feature_sums(batch)
+        s, c = (model.species_feature_sums(batch) if weighting == "atoms"
+                else _frame_weighted_feature_sums(model, batch))
         sums, counts = (s, c) if sums is None else (sums + s, counts + c)
     model.train(was_training)
     if sums is None:
@@ -61,6 +74,19 @@ def centre_features(model: ShallowEnsemble, graphs: Sequence[Graph], batch_size:
     centre = model.feature_centre.clone()
     centre[present] = sums[present] / counts[present, None]
     return model.centre_features(centre)
+
+
+def _frame_weighted_feature_sums(model: ShallowEnsemble, batch) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """Per-species Σ g_i / N_k (n_species, d) and Σ 1 / N_k (n_species,) over a batch."""
+    features = model.last_layer_features(batch)
+    z = model.species_index[batch.numbers]
+    weight = 1.0 / batch.n_atoms.to(features.dtype)[batch.structure]  # (N,)
+    n_species = len(model.species)
+    sums = features.new_zeros(n_species, features.shape[1]).index_add(
+        0, z, weight[:, None] * features)
+    counts = features.new_zeros(n_species).index_add(0, z, weight)
+    return sums, counts
 
 
 def random_heads(model: ShallowEnsemble, generator: torch.Generator) -> None:

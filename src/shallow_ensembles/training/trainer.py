@@ -163,10 +163,13 @@ class Trainer:
         return next(self.model.parameters()).device
 
     def stage_settings(self, stage: StageConfig) -> tuple[LossConfig, int | None, str]:
-        """The stage's loss config (energy weight override), patience and monitored key."""
+        """The stage's loss config (energy weight and β overrides), patience and monitored
+        key."""
         loss = self.config.loss
         if stage.energy_weight is not None:
             loss = dataclasses.replace(loss, energy_weight=stage.energy_weight)
+        if stage.energy_nll_beta is not None:
+            loss = dataclasses.replace(loss, energy_nll_beta=stage.energy_nll_beta)
         patience = self.cfg.patience if stage.patience is None else stage.patience
         monitor = STAGES[stage.kind].monitor if stage.monitor == "auto" else stage.monitor
         return loss, patience, ("forces" if monitor == "force-nll" else "loss")
@@ -175,7 +178,8 @@ class Trainer:
         """Train one stage, resuming from ``state`` when it belongs to this stage.
 
         Every epoch starts by centring the last-layer features per species on the training
-        frames (:func:`~shallow_ensembles.training.init.centre_features`), and the stage ends
+        frames (:func:`~shallow_ensembles.training.init.centre_features`, atoms weighted as
+        ``stage.centring`` says), and the stage ends
         with the epoch of the best monitored validation loss, centred once more: the features
         drift within an epoch, and for large structures (whose per-species mean features vary
         little from frame to frame) even a small drift would give each member a constant
@@ -201,7 +205,7 @@ class Trainer:
             best_model = state.get("best_model")
         uncertainty = STAGES[stage.kind].uncertainty
         if progress["epoch"] == 0 and uncertainty:
-            centre_features(self.model, self.train)
+            centre_features(self.model, self.train, weighting=stage.centring)
             sample = collate(self.train[:16], dtype=self.model.dtype).to(self.device)
             scale = rescale_spread(self.model, sample, stage.kind, loss_cfg)
             LOG.info("stage %d: member spread rescaled by %.3g before training", stage_index, scale)
@@ -236,7 +240,7 @@ class Trainer:
             self.model.load_state_dict(best_model)
         for p in self.model.parameters():
             p.requires_grad_(True)
-        moved = centre_features(self.model, self.train)
+        moved = centre_features(self.model, self.train, weighting=stage.centring)
         LOG.info("stage %d: last-layer features re-centred on the training frames (largest "
                  "move %.3g; the mean prediction is unchanged, member offsets are removed)",
                  stage_index, moved)
@@ -255,7 +259,7 @@ class Trainer:
         lr = self._lr(stage, epoch, progress["plateau"])
         for group in optimizer.param_groups:
             group["lr"] = lr
-        moved = centre_features(self.model, self.train)
+        moved = centre_features(self.model, self.train, weighting=stage.centring)
         LOG.debug("stage %d epoch %d: feature centre moved by %.3g", stage_index, epoch, moved)
         self.model.train()
         total, count = 0.0, 0
