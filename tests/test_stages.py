@@ -15,7 +15,7 @@ from conftest import ETHANOL
 from shallow_ensembles.config import from_dict
 from shallow_ensembles.errors import ConfigError
 from shallow_ensembles.training import stages, train
-from shallow_ensembles.training.config import TrainConfig
+from shallow_ensembles.training.config import StageConfig, TrainConfig
 
 MODEL = {"n_members": 4, "bottleneck": 4, "dtype": "float64",
          "backbone": {"kind": "power-spectrum", "cutoff_A": 4.0, "n_radial": 4, "l_max": 2,
@@ -101,6 +101,9 @@ def test_protocol_defaults_come_from_the_table():
     assert fine_tune.kind == "force-nll"
     assert {k: getattr(fine_tune, k) for k in stages.FINE_TUNE} == dict(stages.FINE_TUNE)
     assert [s.kind for s in protocol_stages("subsample")] == ["mse", "subsample"]
+    assert protocol_stages("mse")[0].centring == "frames"  # the kind's own schedule
+    assert from_dict(StageConfig, {"kind": "mse"}).centring == "frames"
+    assert from_dict(StageConfig, {"kind": "mse", "centring": "atoms"}).centring == "atoms"
 
 
 def test_a_stage_energy_nll_beta_overrides_the_loss_one(tmp_path):

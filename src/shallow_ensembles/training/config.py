@@ -110,9 +110,9 @@ class StageConfig:
     have one size the two are the same, bit for bit. frames in the two-step fine-tunes
     (``FINE_TUNE``): on carbon (50 crystals of 4 atoms, 10 cells of 64; three shuffling seeds)
     it took the test ``energy_offset_share`` of two-step-llpr from 0.67–0.75 to 0.05–0.10 and of
-    two-step-energy-nll from 0.45–0.85 to 0.01–0.04. From scratch it let σ_E of the 64-atom
-    cells run away (energy NLL: 67 eV/atom), so atoms stays the default (README, "Choosing the
-    defaults")."""
+    two-step-energy-nll from 0.45–0.85 to 0.01–0.04; the mse kind's schedule sets it too (0.88
+    to 0.17). From scratch with an NLL it let σ_E of the 64-atom cells run away (energy NLL:
+    67 eV/atom), so atoms stays the default there (README, "Choosing the defaults")."""
     regularizer: float | None = None
     """llpr: fixed ς; null: chosen on validation."""
     force_rows: bool = False
