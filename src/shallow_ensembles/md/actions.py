@@ -38,6 +38,8 @@ class Action:
     must stay null."""
     required: ClassVar[frozenset[str]] = frozenset()
     """Kind-specific fields it cannot do without."""
+    keeps_trusted_frames: ClassVar[bool] = False
+    """Whether the monitor must keep a copy of the last trusted frame for it (rollback)."""
 
     def __init__(self, config: ActionConfig, index: int,
                  callbacks: Mapping[str, Callable] | None = None):
@@ -173,8 +175,7 @@ class StopAction(Action):
 class RollbackAction(Action):
     """Restore the last trusted frame (written to ``rollback.extxyz``), then end the run."""
 
-    kind, order = "rollback", 3
-    keeps_trusted_frames: ClassVar[bool] = True
+    kind, order, keeps_trusted_frames = "rollback", 3, True
 
     def fire(self, event: MonitorEvent) -> None:
         exc = event.monitor.exceeded(event.record)

@@ -109,7 +109,7 @@ class UncertaintyMonitor:
         self.target_temperature = target_temperature
         self.actions = build_actions(actions, callbacks)
         """The actions in firing order."""
-        self._keep_trusted = any(getattr(a, "keeps_trusted_frames", False) for a in self.actions)
+        self._keep_trusted = any(a.keeps_trusted_frames for a in self.actions)
         self._calls = 0
         self._events_file = None
         self.records: list[StepRecord] = []

@@ -254,8 +254,9 @@ class TrainConfig:
 
 
 def default_stage(kind: str, **fields) -> StageConfig:
-    """A stage of ``kind`` with the kind's default schedule, then ``fields``."""
-    return StageConfig(kind=kind, **{**stage_kind(kind).schedule, **fields})
+    """A stage of ``kind`` with the kind's default schedule (:meth:`StageConfig.upgrade`), then
+    ``fields``."""
+    return StageConfig(**StageConfig.upgrade({"kind": stage_kind(kind).name, **fields}))
 
 
 def protocol_stages(name: str) -> tuple[StageConfig, ...]:
