@@ -7,6 +7,11 @@ Prints and writes (``--json OUT``):
   (a loop over members costs about M/2.5 here)
 - ms_per_atom_{192,1536,12288}: energy + mean forces + σ_E per atom; goal: flat (linear)
 - ratio_member_loop_M64: the member loop for comparison
+
+At M = 32 and 64 the member forces take the same route (d = 16 feature rows, mixed into the
+members), and on the 2-core development machine one such call measured 26–41 ms from run to
+run (bimodal, 8 ms for the mean-force call after warm-up), so those two ratios read 3.3–5.2:
+quote several runs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,18 @@ from shallow_ensembles.model.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WATER = ROOT / "examples" / "data" / "water_64H2O_60frames.extxyz"
+
+
+WARM_UP_S = 5.0
+"""Seconds of calls before any timing: the first seconds of a process run the same call up to
+2× slower (measured: a mean-force call 16 ms, then 8 ms), which made the ratios depend on the
+order of the measurements (M = 32 at 5.4, M = 64 at 3.3, for the same member-force route)."""
+
+
+def warm_up(fn, seconds: float = WARM_UP_S) -> None:
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
 
 
 def median_ms(fn, calls: int) -> float:
@@ -69,6 +86,7 @@ def main() -> None:
     results = {"threads": 1, "calls": args.calls, "atoms": len(atoms),
                "pairs": int(batch.i.shape[0])}
 
+    warm_up(lambda: base.member_forces(batch))
     single = model_with(1, base)
     t_single = median_ms(lambda: single.predict(batch, forces=True), args.calls)
     t_ens = median_ms(lambda: base.predict(batch, forces=True), args.calls)

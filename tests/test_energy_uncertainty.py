@@ -207,15 +207,23 @@ def test_frame_weighted_centring_removes_the_per_atom_offset_of_mixed_sizes(etha
     torch.testing.assert_close(model.feature_centre, centre, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("last", ["force-nll", "llpr", "subsample"])
 @pytest.mark.parametrize("centring", ["atoms", "frames"])
-def test_a_stage_centres_the_features_as_its_centring_says(ethanol_frames, tmp_path, centring):
-    """One epoch of force NLL on frames of 9 and 18 atoms: the trained model's feature
-    centre is the one ``StageConfig.centring`` asks for (centring once more moves nothing),
-    and with ``frames`` no member keeps a per-atom offset over the training frames."""
+def test_a_stage_centres_the_features_as_its_centring_says(ethanol_frames, tmp_path, centring,
+                                                           last):
+    """On frames of 9 and 18 atoms, after one epoch of force NLL, or an LLPR or subsampling
+    initialisation that follows an MSE epoch centred the other way: the model's feature centre
+    is the one the last stage's ``StageConfig.centring`` asks for (centring once more moves
+    nothing), and with ``frames`` no member keeps a per-atom offset over the training
+    frames."""
     from shallow_ensembles.config import from_dict
     from shallow_ensembles.training import train
     from shallow_ensembles.training.config import TrainConfig
 
+    other = "atoms" if centring == "frames" else "frames"
+    stages = ([{"kind": last, "epochs": 1, "centring": centring}] if last == "force-nll" else
+              [{"kind": "mse", "epochs": 1, "centring": other},
+               {"kind": last, "centring": centring}])
     frames = mixed_sizes(ethanol_frames)
     ase.io.write(tmp_path / "train.extxyz", frames)
     ase.io.write(tmp_path / "validation.extxyz", mixed_sizes(ethanol_frames[18:]))
@@ -226,7 +234,7 @@ def test_a_stage_centres_the_features_as_its_centring_says(ethanol_frames, tmp_p
                   "backbone": {"kind": "power-spectrum", "cutoff_A": 4.0, "n_radial": 4,
                                "l_max": 2, "n_channels": 3, "hidden": [12]}},
         "protocol": "custom",
-        "stages": [{"kind": "force-nll", "epochs": 1, "centring": centring}],
+        "stages": stages,
         "training": {"batch_size": 4, "threads": 1, "progress": False},
         "output_dir": str(tmp_path / centring)})
     model = train(config)
@@ -234,7 +242,6 @@ def test_a_stage_centres_the_features_as_its_centring_says(ethanol_frames, tmp_p
     batch = Batch.from_atoms(frames, model.cutoff)
     share = offset_share(model.predict(batch, forces=False)["energy_ensemble"].detach().numpy(),
                          batch.n_atoms.numpy())
-    other = "atoms" if centring == "frames" else "frames"
     assert centre_features(model, graphs, weighting=centring) < 1e-8
     assert centre_features(model, graphs, weighting=other) > 1e-4
     if centring == "frames":

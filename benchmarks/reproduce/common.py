@@ -58,7 +58,7 @@ class System:
 
 SYSTEMS = {s.name: s for s in (
     System("water", "liquid water, 64 H2O (192 atoms), PBC",
-           ("water_64H2O_deepmd_example.extxyz",), 60, 20, 40, epochs=120, patience=15),
+           ("water_64H2O_deepmd_example.extxyz",), 60, 20, 320, epochs=120, patience=15),
     System("batio3", "BaTiO3 3×3×3 supercell (135 atoms), PBC",
            ("batio3_allegropol_pbe.extxyz",), 40, 10, 23, epochs=120, patience=15),
     System("carbon", "amorphous (64 atoms) and crystalline (4 atoms) carbon, PBC",
@@ -74,18 +74,29 @@ def prepare_data(system: System, results: Path = RESULTS, seed: int = 0) -> dict
 
     The files of a multi-file system are concatenated in order before splitting. The same
     files feed every protocol and every peer. Returns {"train", "validation", "test"} → path.
+    The split draws train, validation and test from the front of one seeded permutation, so a
+    larger ``n_test`` keeps the training and validation frames (and every trained model): the
+    files are rewritten when the saved split differs, and :func:`stale` predictions redone.
     """
     from ase.io import read, write
 
-    from shallow_ensembles.data.split import make_split, save_split
+    from shallow_ensembles.data.split import load_split, make_split, save_split
 
     folder = OUT / system.name / "data"
     paths = {k: folder / f"{k}.extxyz" for k in ("train", "validation", "test")}
     if all(p.exists() for p in paths.values()):
-        return paths
+        saved = load_split(folder / "split.json")
+        if (len(saved.train), len(saved.validation), len(saved.test)) == (
+                system.n_train, system.n_validation, system.n_test):
+            return paths
     folder.mkdir(parents=True, exist_ok=True)
     frames = [a for f in system.files for a in read(SHARED_DATA / f, ":")]
     split = make_split(len(frames), system.n_train, system.n_validation, system.n_test, seed)
+    if (folder / "split.json").exists():
+        saved = load_split(folder / "split.json")
+        if (saved.train, saved.validation) != (split.train, split.validation):
+            raise RuntimeError(f"{folder}: the new split changes the training or validation "
+                               "frames; rerun with --fresh")
     save_split(split, folder / "split.json")
     results.mkdir(parents=True, exist_ok=True)
     save_split(split, results / f"{system.name}_split.json")
@@ -98,6 +109,17 @@ def save_predictions(path: Path, pred: dict[str, np.ndarray]) -> None:
     """Write one prediction dictionary (see the module docstring) as ``.npz``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **{k: pred[k] for k in PRED_KEYS if k in pred})
+
+
+def stale(path: Path, frames: Path) -> bool:
+    """Whether the predictions ``path`` are missing or cover another number of structures
+    than the extxyz file ``frames``."""
+    if not path.exists():
+        return True
+    with np.load(path) as data:
+        n = len(data["energy"])
+    return n != sum(1 for line in frames.read_text().splitlines() if "Lattice=" in line
+                    or "Properties=" in line)
 
 
 def load_predictions(path: Path) -> dict[str, np.ndarray]:

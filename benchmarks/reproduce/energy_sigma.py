@@ -40,7 +40,16 @@ import math
 
 import numpy as np
 import torch
-from common import OUT, SYSTEMS, committee, load_predictions, prepare_data, score, write_report
+from common import (
+    OUT,
+    SYSTEMS,
+    committee,
+    load_predictions,
+    prepare_data,
+    score,
+    stale,
+    write_report,
+)
 from run import predict_run, train_one
 
 OURS = ("mse", "force-nll-scratch", "two-step-llpr")
@@ -55,10 +64,12 @@ def deep_ensemble(system, data: dict, k: int) -> tuple[list[str], dict[str, floa
     full = {"epochs": system.epochs, "patience": system.patience}
     for name in names:
         folder = OUT / system.name / name
-        if not (folder / "pred_test.npz").exists():
+        if not (folder / "model.pt").exists():
             times[name] = train_one(system, data, name, [{"kind": "mse", **full}])
             predict_run(system, data, name)
             (folder / "cpu.json").write_text(json.dumps(times[name]))
+        elif stale(folder / "pred_test.npz", data["test"]):
+            predict_run(system, data, name)  # the split's test set changed
         elif name not in times:
             times[name] = json.loads((folder / "cpu.json").read_text())
     return names, {n: times[n]["cpu_s"] for n in names}

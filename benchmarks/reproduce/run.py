@@ -11,7 +11,8 @@ models (the ``mse`` run and ``--committee − 1`` more seeds) with the budget of
 
 Writes ``benchmarks/results/<system>.md`` (+ ``.json``, ``_rll_vs_time.png``,
 ``_calibration.png``, ``_split.json``). Models and predictions go to
-``benchmarks/out/reproduce/<system>/``; a rerun skips finished protocols (``--fresh`` retrains).
+``benchmarks/out/reproduce/<system>/``; a rerun skips finished protocols (``--fresh`` retrains)
+and only predicts again when the test set grew (``common.prepare_data``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from common import (
     prepare_data,
     save_predictions,
     score,
+    stale,
     time_to_target,
     write_report,
 )
@@ -64,7 +66,7 @@ def plan(system: System, n_committee: int) -> list[tuple[str, list[dict]]]:
             ("force-nll-scratch", [{"kind": "force-nll", **full}]),
             ("random-heads", [{"kind": "random-heads"}, {"kind": "member-mse", **full}]),
             ("llpr", [{"kind": "llpr"}]),
-            ("llpr-force-rows", [{"kind": "llpr", "force_rows": True}]),
+            ("llpr-force-rows", [{"kind": "llpr", "force_rows": True, "centring": "frames"}]),
             ("subsample", [{"kind": "subsample"}]),
             ("two-step-llpr", [fine]),
             ("two-step-energy-nll", [fine])]
@@ -319,6 +321,8 @@ def main() -> None:
             runs[name] = train_one(system, data, name, stages)
             predict_run(system, data, name)
             done_file.write_text(json.dumps(runs, indent=1))
+        elif stale(OUT / system.name / name / "pred_test.npz", data["test"]):
+            predict_run(system, data, name)  # the split's test set changed
         print(f"{system.name} {name}: {runs[name]['cpu_s']:.0f} CPU s", flush=True)
     timing_file = OUT / system.name / "member_force_timing.json"
     timing = load_json(timing_file)

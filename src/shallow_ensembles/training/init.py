@@ -120,16 +120,18 @@ def linear_targets(model: ShallowEnsemble, graphs: Sequence[Graph], batch_size: 
 
 def llpr_heads(model: ShallowEnsemble, train: Sequence[Graph], validation: Sequence[Graph],
                generator: torch.Generator, regularizer: float | None = None,
-               force_rows: bool = False, loss: LossConfig | None = None) -> LastLayerPosterior:
+               force_rows: bool = False, loss: LossConfig | None = None,
+               centring: str = "atoms") -> LastLayerPosterior:
     """Sample heads from the last-layer Laplace posterior around the mean head (MAP).
 
     Φ holds the rows of the stage-1 (MSE) loss's Gauss–Newton matrix, weighted as the loss
     weights them: energy rows √(w_E N_k^(−a) / S) ∂E_k/∂w = √(w_E N_k^(2−a) / S) x_k and, with
     ``force_rows``, one row √(w_F / (3 N_atoms)) ∂F_iα/∂w per force component (the feature
     Jacobian from :meth:`ShallowEnsemble.row_gradients`). Only their relative weight
-    matters: ς and α are chosen on validation.
+    matters: ς and α are chosen on validation. The features are centred first
+    (:func:`centre_features` with ``weighting=centring``).
     """
-    centre_features(model, train)
+    centre_features(model, train, weighting=centring)
     w_map = head_weights(model).mean(0)
     x_val, y_val, _ = linear_targets(model, validation)
     residual = y_val - x_val @ w_map
@@ -162,14 +164,15 @@ def feature_jacobian(model: ShallowEnsemble, graph: Graph) -> torch.Tensor:
 
 
 def subsample_heads(model: ShallowEnsemble, train: Sequence[Graph], generator: torch.Generator,
-                    ridge: float = 1e-6) -> None:
+                    ridge: float = 1e-6, centring: str = "atoms") -> None:
     """Heads from ridge fits on bootstrap resamples (backbone frozen), re-centred on the MAP.
 
     ŵ_m = argmin Σ_{k ∈ B_m} (w·x_k − y_k)² + ridge · tr(XᵀX)/d · |w|², then
     w_m = w_MAP + ŵ_m − mean ŵ: the bootstrap sets the spread, the trained head the mean
-    (ridge fits to energies alone would otherwise replace the force-trained mean).
+    (ridge fits to energies alone would otherwise replace the force-trained mean). The
+    features are centred first (:func:`centre_features` with ``weighting=centring``).
     """
-    centre_features(model, train)
+    centre_features(model, train, weighting=centring)
     w_map = head_weights(model).mean(0)
     x, y, _ = linear_targets(model, train)
     n, dim = x.shape

@@ -184,9 +184,10 @@ def skips_training(config: TrainConfig, index: int, stage) -> bool:
 
 def run_init_stage(model, stage, stage_index, data_train, data_val, config: TrainConfig) -> None:
     """Apply a head-initialisation stage (deterministic for the training seed): the kind's
-    ``initialise`` of :data:`~shallow_ensembles.training.stages.STAGES`, on centred features."""
+    ``initialise`` of :data:`~shallow_ensembles.training.stages.STAGES`, on features centred as
+    ``stage.centring`` says."""
     gen = torch.Generator().manual_seed(config.training.seed * 7919 + stage_index)
-    heads.centre_features(model, data_train)
+    heads.centre_features(model, data_train, weighting=stage.centring)
     STAGES[stage.kind].initialise(model, stage, data_train, data_val, gen, config.loss)
 
 
