@@ -118,12 +118,14 @@ def test_float32_network_sums_energies_in_float64():
                                                                   rel=1e-9)
 
 
-@pytest.mark.parametrize(("kind", "force_nll", "beta"), [
-    ("energy-nll", "component", 0.0), ("energy-nll", "component", 0.5),
-    ("force-nll", "component", 0.0), ("force-nll", "full", 0.5)])
-def test_shared_last_layer_is_solved_at_the_stage_optimum(ethanol_frames, kind, force_nll, beta):
+@pytest.mark.parametrize(("kind", "force_nll", "beta", "anchor"), [
+    ("energy-nll", "component", 0.0, "absolute"), ("energy-nll", "component", 0.5, "absolute"),
+    ("force-nll", "component", 0.0, "absolute"), ("force-nll", "full", 0.5, "absolute"),
+    ("energy-nll", "component", 0.0, "variance"), ("force-nll", "component", 0.5, "variance")])
+def test_shared_last_layer_is_solved_at_the_stage_optimum(ethanol_frames, kind, force_nll, beta,
+                                                          anchor):
     """After the closed-form solve, the autograd gradient of the stage loss (all frames in one
-    batch, so that its means, β-NLL normaliser included, are the solve's) in the shared
+    batch, so that its means, β-NLL and anchor normaliser included, are the solve's) in the shared
     directions — every head moved by the same δ, and the shift β — vanishes; a second call
     moves nothing; a known displacement of the mean head and of β is undone, energies and
     forces alike."""
@@ -136,7 +138,7 @@ def test_shared_last_layer_is_solved_at_the_stage_optimum(ethanol_frames, kind, 
     with torch.no_grad():
         model.scale.copy_(torch.tensor([0.7, 1.3, 0.9], dtype=model.dtype))
     graphs = graphs_from_atoms(read_structures(ETHANOL)[:24], model.cutoff)
-    loss = LossConfig(force_nll=force_nll, energy_nll_beta=beta)
+    loss = LossConfig(force_nll=force_nll, energy_nll_beta=beta, energy_anchor_scale=anchor)
     batch = collate(graphs, dtype=model.dtype)
 
     def shared_gradient():
@@ -210,12 +212,12 @@ def test_frame_weighted_centring_removes_the_per_atom_offset_of_mixed_sizes(etha
 @pytest.mark.parametrize("last", ["force-nll", "llpr", "subsample"])
 @pytest.mark.parametrize("centring", ["atoms", "frames"])
 def test_a_stage_centres_the_features_as_its_centring_says(ethanol_frames, tmp_path, centring,
-                                                           last):
+                                                           last, caplog):
     """On frames of 9 and 18 atoms, after one epoch of force NLL, or an LLPR or subsampling
     initialisation that follows an MSE epoch centred the other way: the model's feature centre
     is the one the last stage's ``StageConfig.centring`` asks for (centring once more moves
     nothing), and with ``frames`` no member keeps a per-atom offset over the training
-    frames."""
+    frames. On these mixed sizes the force-NLL stage's anchor is variance-scaled (auto)."""
     from shallow_ensembles.config import from_dict
     from shallow_ensembles.training import train
     from shallow_ensembles.training.config import TrainConfig
@@ -237,7 +239,10 @@ def test_a_stage_centres_the_features_as_its_centring_says(ethanol_frames, tmp_p
         "stages": stages,
         "training": {"batch_size": 4, "threads": 1, "progress": False},
         "output_dir": str(tmp_path / centring)})
-    model = train(config)
+    with caplog.at_level("INFO", logger="shallow_ensembles"):
+        model = train(config)
+    if last == "force-nll":
+        assert "energy anchor variance (loss.energy_anchor_scale: auto)" in caplog.text
     graphs = graphs_from_atoms(read_structures(tmp_path / "train.extxyz"), model.cutoff)
     batch = Batch.from_atoms(frames, model.cutoff)
     share = offset_share(model.predict(batch, forces=False)["energy_ensemble"].detach().numpy(),

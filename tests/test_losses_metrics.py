@@ -157,7 +157,8 @@ def test_force_nll_stage_keeps_the_stress_term_and_crps_is_selectable():
     from shallow_ensembles.training.objectives import stage_loss
 
     model, batch = _labelled_periodic_batch()
-    cfg = LossConfig(stress_weight=2.0, uncertainty_loss="crps", energy_anchor=0.5)
+    cfg = LossConfig(stress_weight=2.0, uncertainty_loss="crps", energy_anchor=0.5,
+                     energy_anchor_scale="absolute")
     total, parts = stage_loss(model, batch, "force-nll", cfg, training=False)
     out = model.predict(batch, forces=True, stress=True, member_forces=True)
     stress_mse = float(((out["stress"] - batch.stress) ** 2).mean())
@@ -173,6 +174,45 @@ def test_force_nll_stage_keeps_the_stress_term_and_crps_is_selectable():
     assert parts["energy"] == pytest.approx(energy, rel=1e-10)
     assert parts["forces"] == pytest.approx(force, rel=1e-10)
     assert float(total.detach()) == pytest.approx(energy + force + 2.0 * stress_mse, rel=1e-10)
+
+
+def test_a_variance_scaled_anchor_pulls_every_mean_alike_by_hand():
+    """``energy_anchor_scale: variance``: the energy term is the NLL plus
+    λ ½ mean_k[N_k^(−a_NLL) r_k² / σ̄²], σ̄² the batch mean of the floored σ_E², detached: the
+    anchor's gradient on a structure's mean is λ r_k N_k^(−a_NLL) / (S σ̄²), whatever its σ_E
+    and whatever the energy unit."""
+    from shallow_ensembles.training.config import LossConfig
+    from shallow_ensembles.training.objectives import stage_loss
+
+    model, batch = _labelled_periodic_batch()
+    cfg = LossConfig(energy_anchor=2.0, energy_anchor_scale="variance")
+    _, parts = stage_loss(model, batch, "energy-nll", cfg, training=False)
+    out = model.predict(batch, forces=False)
+    members = out["energy_ensemble"].detach().double()
+    n = batch.n_atoms.double()
+    variance = members.var(1, correction=1).clamp_min(cfg.variance_floor)
+    residual = members.mean(1) - batch.energy
+    nll = 0.5 * (torch.log(variance) + residual**2 / variance)
+    anchor = 2.0 * 0.5 * residual**2 / variance.mean()
+    assert parts["energy"] == pytest.approx(float(((nll + anchor) / n).mean()), rel=1e-8)
+    absolute = LossConfig(energy_anchor=2.0, energy_anchor_scale="absolute")
+    _, parts = stage_loss(model, batch, "energy-nll", absolute, training=False)
+    assert parts["energy"] == pytest.approx(float(((nll + 2.0 * residual**2) / n).mean()),
+                                            rel=1e-8)
+    with pytest.raises(ValueError, match="for_stage"):  # auto needs the stage and the data
+        stage_loss(model, batch, "energy-nll", LossConfig(), training=False)
+
+
+@pytest.mark.parametrize(("scale", "member_forces", "sizes", "expected"), [
+    ("auto", True, [4, 64, 4], "variance"), ("auto", True, [9, 9], "absolute"),
+    ("auto", False, [4, 64], "absolute"), ("absolute", True, [4, 64], "absolute"),
+    ("variance", False, [9], "variance")])
+def test_auto_anchor_is_variance_scaled_only_in_force_nll_stages_on_mixed_sizes(
+        scale, member_forces, sizes, expected):
+    from shallow_ensembles.training.config import LossConfig
+
+    resolved = LossConfig(energy_anchor_scale=scale).for_stage(member_forces, sizes)
+    assert resolved.energy_anchor_scale == expected
 
 
 def test_beta_nll_with_beta_one_pulls_every_mean_like_an_mse():

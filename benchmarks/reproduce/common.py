@@ -256,10 +256,14 @@ def unfitted(rows: dict[str, dict]) -> dict[str, str]:
     ref = rows["mse"]
     out = {}
     for name, row in rows.items():
-        if (row["rmse_e_meV_atom"] > 10 * ref["rmse_e_meV_atom"]
-                or row["rmse_f_meV_A"] > 2 * ref["rmse_f_meV_A"]):
-            out[name] = (f"RMSE_E {row['rmse_e_meV_atom']:.0f} vs {ref['rmse_e_meV_atom']:.0f} "
-                         f"meV/atom for MSE")
+        reasons = []
+        if row["rmse_e_meV_atom"] > 10 * ref["rmse_e_meV_atom"]:
+            reasons.append(f"RMSE_E {row['rmse_e_meV_atom']:.1f} vs "
+                           f"{ref['rmse_e_meV_atom']:.1f} meV/atom")
+        if row["rmse_f_meV_A"] > 2 * ref["rmse_f_meV_A"]:
+            reasons.append(f"RMSE_F {row['rmse_f_meV_A']:.0f} vs {ref['rmse_f_meV_A']:.0f} meV/Å")
+        if reasons:
+            out[name] = " and ".join(reasons) + " for MSE"
     return out
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import typing
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +47,18 @@ class LossConfig:
     0 turns it off. 10 fitted carbon's energies in energy-NLL stages (test RMSE_E 16.6 against
     45.0 meV/atom) but broke their forces (RMSE_F 1444 and, from scratch with force NLL, 2199
     against 884 meV/Å for MSE): 1 stays (README, "Choosing the defaults")."""
+    energy_anchor_scale: Literal["auto", "absolute", "variance"] = "auto"
+    """Units of the anchor: absolute, λ N^(−a) (Ē − E)² in eV²; variance, λ ½ N^(−a_NLL)
+    (Ē − E)² / σ̄², with σ̄² the mean floored σ_E² of the batch (detached): the NLL's own pull on
+    the mean with every structure's σ_E replaced by the batch's mean, unit-free, and as strong
+    on structures with a large σ_E as on the others; auto: variance in force-NLL stages when
+    the training frames have more than one size, absolute otherwise (:meth:`for_stage`).
+    Measured (README, "Choosing the defaults"): on carbon (4- and 64-atom cells) force NLL from
+    scratch with variance fitted the mean energy on 4 of 4 training seeds (test RMSE_E
+    16.5–25.1 against 17.8–29.1 meV/atom; MSE 12.9) and lowered RMSE_F from 1003–1292 to
+    805–885 meV/Å; on ethanol it raised RMSE_F on 2 of 3 seeds (75 / 78 / 75 → 74 / 88 / 98
+    meV/Å); in an energy-NLL stage, whose σ_E nothing else holds, the anchor faded as σ_E grew
+    (carbon RMSE_E 139 meV/atom)."""
     energy_nll_beta: float = 0.0
     """β of a β-NLL energy term (Seitzer et al., ICLR 2022): each structure's energy NLL is
     weighted by (σ_k² / mean over the batch of σ²)^β, detached, so that structures with a large
@@ -58,6 +71,14 @@ class LossConfig:
     ``training.stages.ENERGY_NLL``) (README, "Choosing the defaults")."""
     variance_floor: float = 1e-6
     """Floor of every NLL variance, eV² or (eV/Å)²."""
+
+    def for_stage(self, member_forces: bool, sizes: Iterable[int]) -> LossConfig:
+        """This config with ``energy_anchor_scale: auto`` resolved for a stage (``member_forces``:
+        a force-NLL stage) on training frames of ``sizes`` atoms."""
+        if self.energy_anchor_scale != "auto":
+            return self
+        mixed = member_forces and len(set(sizes)) > 1
+        return dataclasses.replace(self, energy_anchor_scale="variance" if mixed else "absolute")
     force_nll: Literal["component", "isotropic", "full"] = "component"
     """Force NLL per Cartesian component, per atom isotropic, or per atom full 3×3."""
     force_jitter: float = 1e-6
@@ -107,13 +128,14 @@ class StageConfig:
     species (a training stage every epoch and at its end, an initialisation before it sets the
     heads; :func:`~shallow_ensembles.training.init.centre_features`): atoms, each atom alike;
     frames, each atom by 1/N of its frame, so that no member keeps a constant offset per atom
-    over frames of different sizes. Where all frames
-    have one size the two are the same, bit for bit. frames in the two-step fine-tunes
-    (``FINE_TUNE``): on carbon (50 crystals of 4 atoms, 10 cells of 64; three shuffling seeds)
-    it took the test ``energy_offset_share`` of two-step-llpr from 0.67–0.75 to 0.05–0.10 and of
-    two-step-energy-nll from 0.45–0.85 to 0.01–0.04; the mse kind's schedule sets it too (0.88
-    to 0.17). From scratch with an NLL it let σ_E of the 64-atom cells run away (energy NLL:
-    67 eV/atom), so atoms stays the default there (README, "Choosing the defaults")."""
+    over frames of different sizes. Where all frames have one size the two are the same, bit
+    for bit. The mse and force-nll kinds' schedules set frames: on carbon (50 crystals of 4
+    atoms, 10 cells of 64; three shuffling seeds) it took the test ``energy_offset_share`` of
+    two-step-llpr from 0.67–0.75 to 0.05–0.10 and of two-step-energy-nll from 0.45–0.85 to
+    0.01–0.04, of MSE from 0.88 to 0.17, and of force NLL from scratch (with the
+    variance-scaled anchor, ``LossConfig.energy_anchor_scale``; four seeds) from 0.16–0.53 to
+    0.06–0.20. In an energy-NLL stage from scratch it let σ_E of the 64-atom cells run away
+    (67 eV/atom), so atoms stays the default there (README, "Choosing the defaults")."""
     regularizer: float | None = None
     """llpr: fixed ς; null: chosen on validation."""
     force_rows: bool = False

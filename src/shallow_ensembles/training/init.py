@@ -17,6 +17,7 @@ import torch
 
 from ..data.batch import Graph, collate
 from ..model import ShallowEnsemble
+from . import losses
 from .config import LossConfig
 from .llpr import LastLayerPosterior, fit_posterior
 from .stages import STAGES
@@ -239,9 +240,9 @@ def solve_shared_last_layer(model: ShallowEnsemble, graphs: Sequence[Graph], los
             rows = torch.cat([n[:, None] * x, rows], 1)
         variance = totals.var(1, correction=1).clamp_min(loss.variance_floor)
         beta = (variance / mean_variance) ** loss.energy_nll_beta  # β-NLL weights
+        anchor = losses.anchor_weights(n, mean_variance.expand_as(n), loss)
         weight = loss.energy_weight / len(graphs) * (
-            0.5 * beta * n ** -loss.nll_atom_exponent / variance
-            + loss.energy_anchor * n ** -loss.atom_exponent)
+            0.5 * beta * n ** -loss.nll_atom_exponent / variance + anchor)
         residual = batch.energy - totals.mean(1)
         hessian += rows.T @ (weight[:, None] * rows)
         gradient += rows.T @ (weight * residual)
@@ -272,9 +273,10 @@ def solve_shared_last_layer(model: ShallowEnsemble, graphs: Sequence[Graph], los
 
 def _mean_energy_variance(model: ShallowEnsemble, graphs: Sequence[Graph], loss: LossConfig,
                           batch_size: int) -> torch.Tensor:
-    """Mean over ``graphs`` of the floored member-energy variance (the β-NLL normaliser; the
-    training loss takes it per batch), eV²; 1 when ``loss.energy_nll_beta`` is 0."""
-    if not loss.energy_nll_beta:
+    """Mean over ``graphs`` of the floored member-energy variance (the normaliser of β-NLL
+    weights and of a variance-scaled anchor; the training loss takes it per batch), eV²; 1 when
+    neither is used."""
+    if not loss.energy_nll_beta and loss.energy_anchor_scale == "absolute":
         return torch.tensor(1.0, dtype=torch.float64)
     total = torch.tensor(0.0, dtype=torch.float64)
     for start in range(0, len(graphs), batch_size):

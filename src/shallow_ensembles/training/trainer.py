@@ -163,9 +163,10 @@ class Trainer:
         return next(self.model.parameters()).device
 
     def stage_settings(self, stage: StageConfig) -> tuple[LossConfig, int | None, str]:
-        """The stage's loss config (energy weight and β overrides), patience and monitored
-        key."""
-        loss = self.config.loss
+        """The stage's loss config (energy weight and β overrides, the anchor's units resolved
+        for the stage and the training frames), patience and monitored key."""
+        loss = self.config.loss.for_stage(STAGES[stage.kind].member_forces,
+                                          (len(g.numbers) for g in self.train))
         if stage.energy_weight is not None:
             loss = dataclasses.replace(loss, energy_weight=stage.energy_weight)
         if stage.energy_nll_beta is not None:
@@ -190,6 +191,9 @@ class Trainer:
         training reached it).
         """
         loss_cfg, patience, monitor = self.stage_settings(stage)
+        if STAGES[stage.kind].uncertainty and loss_cfg.energy_anchor:
+            LOG.info("stage %d: energy anchor %s (loss.energy_anchor_scale: %s)", stage_index,
+                     loss_cfg.energy_anchor_scale, self.config.loss.energy_anchor_scale)
         params = self._parameters(stage)
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
         optimizer = opt_cls(params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
