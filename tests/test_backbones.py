@@ -19,7 +19,7 @@ from shallow_ensembles.model import BACKBONES, ShallowEnsemble, load_model, save
 from shallow_ensembles.model.config import ModelConfig
 from shallow_ensembles.training import init
 
-BATIO3 = ROOT / "tests" / "data" / "batio3_12.extxyz"
+BATIO3 = ROOT / "tests" / "data" / "batio3_23.extxyz"
 TINY = {
     "power-spectrum": {"cutoff_A": 4.0, "n_radial": 4, "l_max": 2, "n_channels": 3,
                        "hidden": [12, 10]},

@@ -32,7 +32,7 @@ from metatensor.torch import Labels  # noqa: E402 - after the skip
 metatomic_ase = pytest.importorskip("metatomic_ase", reason="the metatomic extra is not "
                                     "installed (pip install 'shallow-ensembles[metatomic]')")
 
-BATIO3 = ROOT / "tests" / "data" / "batio3_12.extxyz"
+BATIO3 = ROOT / "tests" / "data" / "batio3_23.extxyz"
 CASES = {  # shipped model, structure file, frame
     "water": ("water_two_step", WATER, 3),
     "batio3": ("batio3_two_step", BATIO3, 2),

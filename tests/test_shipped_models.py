@@ -17,7 +17,7 @@ MODELS = [pytest.param(p, marks=pytest.mark.skipif(
     "mace" in p.stem and importlib.util.find_spec("mace") is None,
     reason="a MACE-backed model needs the mace extra")) if "mace" in p.stem else p
     for p in sorted((ROOT / "models").glob("*.pt"))]
-BATIO3 = ROOT / "tests" / "data" / "batio3_12.extxyz"
+BATIO3 = ROOT / "tests" / "data" / "batio3_23.extxyz"
 
 
 def perovskite(n: int = 3, a: float = 4.0) -> Atoms:
