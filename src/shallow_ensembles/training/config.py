@@ -69,14 +69,6 @@ class LossConfig:
     BaTiO3's RLL_F and RLL_E (README, "Choosing the defaults")."""
     variance_floor: float = 1e-6
     """Floor of every NLL variance, eV² or (eV/Å)²."""
-
-    def for_stage(self, member_forces: bool, sizes: Iterable[int]) -> LossConfig:
-        """This config with ``energy_anchor_scale: auto`` resolved for a stage (``member_forces``:
-        a force-NLL stage) on training frames of ``sizes`` atoms."""
-        if self.energy_anchor_scale != "auto":
-            return self
-        mixed = member_forces and len(set(sizes)) > 1
-        return dataclasses.replace(self, energy_anchor_scale="variance" if mixed else "absolute")
     force_nll: Literal["component", "isotropic", "full"] = "component"
     """Force NLL per Cartesian component, per atom isotropic, or per atom full 3×3."""
     force_jitter: float = 1e-6
@@ -90,6 +82,14 @@ class LossConfig:
         if not 0 <= self.energy_nll_beta <= 1:
             raise ConfigError("training.loss.energy_nll_beta",
                               f"expected 0 to 1, got {self.energy_nll_beta}")
+
+    def for_stage(self, member_forces: bool, sizes: Iterable[int]) -> LossConfig:
+        """This config with ``energy_anchor_scale: auto`` resolved for a stage (``member_forces``:
+        a force-NLL stage) on training frames of ``sizes`` atoms."""
+        if self.energy_anchor_scale != "auto":
+            return self
+        mixed = member_forces and len(set(sizes)) > 1
+        return dataclasses.replace(self, energy_anchor_scale="variance" if mixed else "absolute")
 
 
 @dataclasses.dataclass(frozen=True)
