@@ -84,19 +84,17 @@ def prepare_data(system: System, results: Path = RESULTS, seed: int = 0) -> dict
 
     folder = OUT / system.name / "data"
     paths = {k: folder / f"{k}.extxyz" for k in ("train", "validation", "test")}
-    if all(p.exists() for p in paths.values()):
-        saved = load_split(folder / "split.json")
-        if (len(saved.train), len(saved.validation), len(saved.test)) == (
-                system.n_train, system.n_validation, system.n_test):
-            return paths
+    saved = load_split(folder / "split.json") if (folder / "split.json").exists() else None
+    sizes = (system.n_train, system.n_validation, system.n_test)
+    if saved is not None and all(p.exists() for p in paths.values()) and sizes == (
+            len(saved.train), len(saved.validation), len(saved.test)):
+        return paths
     folder.mkdir(parents=True, exist_ok=True)
     frames = [a for f in system.files for a in read(SHARED_DATA / f, ":")]
-    split = make_split(len(frames), system.n_train, system.n_validation, system.n_test, seed)
-    if (folder / "split.json").exists():
-        saved = load_split(folder / "split.json")
-        if (saved.train, saved.validation) != (split.train, split.validation):
-            raise RuntimeError(f"{folder}: the new split changes the training or validation "
-                               "frames; rerun with --fresh")
+    split = make_split(len(frames), *sizes, seed)
+    if saved is not None and (saved.train, saved.validation) != (split.train, split.validation):
+        raise RuntimeError(f"{folder}: the new split changes the training or validation "
+                           "frames; rerun with --fresh")
     save_split(split, folder / "split.json")
     results.mkdir(parents=True, exist_ok=True)
     save_split(split, results / f"{system.name}_split.json")
@@ -111,15 +109,13 @@ def save_predictions(path: Path, pred: dict[str, np.ndarray]) -> None:
     np.savez(path, **{k: pred[k] for k in PRED_KEYS if k in pred})
 
 
-def stale(path: Path, frames: Path) -> bool:
+def stale(path: Path, n_frames: int) -> bool:
     """Whether the predictions ``path`` are missing or cover another number of structures
-    than the extxyz file ``frames``."""
+    than ``n_frames`` (the split's, e.g. ``System.n_test``)."""
     if not path.exists():
         return True
     with np.load(path) as data:
-        n = len(data["energy"])
-    return n != sum(1 for line in frames.read_text().splitlines() if "Lattice=" in line
-                    or "Properties=" in line)
+        return len(data["energy"]) != n_frames
 
 
 def load_predictions(path: Path) -> dict[str, np.ndarray]:

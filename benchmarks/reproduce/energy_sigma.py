@@ -68,9 +68,10 @@ def deep_ensemble(system, data: dict, k: int) -> tuple[list[str], dict[str, floa
             times[name] = train_one(system, data, name, [{"kind": "mse", **full}])
             predict_run(system, data, name)
             (folder / "cpu.json").write_text(json.dumps(times[name]))
-        elif stale(folder / "pred_test.npz", data["test"]):
+            continue
+        if stale(folder / "pred_test.npz", system.n_test):
             predict_run(system, data, name)  # the split's test set changed
-        elif name not in times:
+        if name not in times:
             times[name] = json.loads((folder / "cpu.json").read_text())
     return names, {n: times[n]["cpu_s"] for n in names}
 

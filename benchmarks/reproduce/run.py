@@ -321,7 +321,7 @@ def main() -> None:
             runs[name] = train_one(system, data, name, stages)
             predict_run(system, data, name)
             done_file.write_text(json.dumps(runs, indent=1))
-        elif stale(OUT / system.name / name / "pred_test.npz", data["test"]):
+        elif stale(OUT / system.name / name / "pred_test.npz", system.n_test):
             predict_run(system, data, name)  # the split's test set changed
         print(f"{system.name} {name}: {runs[name]['cpu_s']:.0f} CPU s", flush=True)
     timing_file = OUT / system.name / "member_force_timing.json"

@@ -240,7 +240,7 @@ def solve_shared_last_layer(model: ShallowEnsemble, graphs: Sequence[Graph], los
             rows = torch.cat([n[:, None] * x, rows], 1)
         variance = totals.var(1, correction=1).clamp_min(loss.variance_floor)
         beta = (variance / mean_variance) ** loss.energy_nll_beta  # β-NLL weights
-        anchor = losses.anchor_weights(n, mean_variance.expand_as(n), loss)
+        anchor = losses.anchor_weights(n, mean_variance, loss)
         weight = loss.energy_weight / len(graphs) * (
             0.5 * beta * n ** -loss.nll_atom_exponent / variance + anchor)
         residual = batch.energy - totals.mean(1)

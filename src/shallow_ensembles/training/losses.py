@@ -36,18 +36,17 @@ def energy_nll(members: torch.Tensor, target: torch.Tensor, floor: float = 1e-6)
     return gaussian_nll(members.mean(1), members.var(1, correction=DDOF), target, floor)
 
 
-def anchor_weights(n_atoms: torch.Tensor, variance: torch.Tensor, cfg) -> torch.Tensor:
+def anchor_weights(n_atoms: torch.Tensor, mean_variance: torch.Tensor, cfg) -> torch.Tensor:
     """Per-structure weights (S,) float64 of the anchor (Ē − E)² (``cfg``: a ``LossConfig``):
-    λ N^(−a) (``energy_anchor_scale: absolute``) or λ ½ N^(−a_NLL) / mean σ² over the
-    floored variances (S,) given, detached (``variance``)."""
+    λ N^(−a) (``energy_anchor_scale: absolute``) or λ ½ N^(−a_NLL) / σ̄² (``variance``), with
+    ``mean_variance`` σ̄² the mean floored σ_E² (a scalar, eV², detached here)."""
     if cfg.energy_anchor_scale == "auto":
         raise ValueError("energy_anchor_scale 'auto' depends on the stage and the training "
                          "frames: resolve it with LossConfig.for_stage first")
     if cfg.energy_anchor_scale == "absolute":
         return cfg.energy_anchor * structure_weights(n_atoms, cfg.atom_exponent)
-    mean_variance = variance.detach().to(torch.float64).mean()
     return cfg.energy_anchor * 0.5 * structure_weights(n_atoms, cfg.nll_atom_exponent) \
-        / mean_variance
+        / mean_variance.detach().to(torch.float64)
 
 
 def beta_weights(variance: torch.Tensor, beta: float) -> torch.Tensor:

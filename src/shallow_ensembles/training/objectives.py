@@ -49,8 +49,9 @@ def stage_loss(model: ShallowEnsemble, batch: Batch, kind: str, cfg: LossConfig,
         energy = _energy_score(members, batch.energy, cfg)
     energy_term = (weights * energy).mean()
     if spec.uncertainty and cfg.energy_anchor:
-        variance = members.var(1, correction=DDOF).clamp_min(cfg.variance_floor)
-        anchor = losses.anchor_weights(batch.n_atoms, variance, cfg).to(batch.energy)
+        variance = members.detach().var(1, correction=DDOF).clamp_min(cfg.variance_floor)
+        mean_variance = variance.to(torch.float64).mean()
+        anchor = losses.anchor_weights(batch.n_atoms, mean_variance, cfg).to(batch.energy)
         energy_term = energy_term + (anchor * losses.mse(out["energy"], batch.energy)).mean()
     if member:
         forces = out["forces_ensemble"]
